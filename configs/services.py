@@ -1,0 +1,145 @@
+"""Services a campaign needs and, where it can, starts for the user: a Redis server for Colmena's queues.
+
+A started server listens on loopback only, requires a random password, persists nothing (its working
+directory is inside the run directory), and is stopped on every exit path by :meth:`ManagedRedis.stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+from colmena.queue.redis import RedisQueues
+
+logger = logging.getLogger(__name__)
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class ServiceError(RuntimeError):
+    """A service cannot be used or started; the message says what to do."""
+
+
+def redis_answers(host: str, port: int, password: str | None, timeout: float = 1.0) -> bool:
+    """Whether a Redis server answers there with this password.
+
+    Raises:
+        ServiceError: something answers but refuses our password (we must not start another server there).
+    """
+    client = redis.Redis(host=host, port=port, password=password, socket_connect_timeout=timeout,
+                         socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.AuthenticationError as exc:
+        raise ServiceError(
+            f"The Redis server at {host}:{port} requires a different password (--redis-password), "
+            "or choose a free --redis-port and molsteer will start its own server there"
+        ) from exc
+    except redis.exceptions.ResponseError as exc:
+        if "NOAUTH" in str(exc):
+            raise ServiceError(
+                f"The Redis server at {host}:{port} requires a password: pass --redis-password"
+            ) from exc
+        raise
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+class ManagedRedis:
+    """A ``redis-server`` owned by one run."""
+
+    def __init__(self, port: int, work_dir: Path):
+        self.host = "127.0.0.1"
+        self.port = port
+        self.password = secrets.token_urlsafe(24)
+        self.work_dir = Path(work_dir)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 15.0) -> ManagedRedis:
+        """Start the server and wait until it answers.
+
+        Raises:
+            ServiceError: ``redis-server`` is not installed, or it exits or stays silent.
+        """
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise ServiceError("redis-server is not installed: run 'make run' (as root) or "
+                               "'sudo apt-get install redis-server'")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config = self.work_dir / "redis.conf"
+        config.touch(mode=0o600)
+        # The password goes in a private file, not on the command line where `ps` would show it.
+        config.write_text(
+            f"bind 127.0.0.1\nport {self.port}\nprotected-mode yes\nrequirepass {self.password}\n"
+            f"dir {self.work_dir.resolve()}\nsave \"\"\nappendonly no\n"
+            f"logfile {(self.work_dir / 'redis.log').resolve()}\ndaemonize no\n"
+        )
+        self.process = subprocess.Popen([executable, str(config)], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.work_dir / "redis.log")
+                tail = log.read_text().strip().splitlines()[-3:] if log.exists() else []
+                self.process = None
+                raise ServiceError(f"redis-server exited at start on port {self.port}: {' | '.join(tail)}")
+            if redis_answers(self.host, self.port, self.password, timeout=0.5):
+                logger.info("Started redis-server (pid %d) on %s:%d", self.process.pid, self.host, self.port)
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceError(f"redis-server did not answer on port {self.port} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Stop the server, politely then firmly; safe to call more than once."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.terminate()  # redis-server shuts down cleanly on SIGTERM (and saves nothing: save "")
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        logger.info("Stopped redis-server (pid %d)", process.pid)
+
+
+def connect_redis(host: str, port: int, password: str | None, work_dir: Path) -> tuple[str | None, ManagedRedis | None]:
+    """Use the Redis server at ``host:port`` if one answers, otherwise start one there when the host is local.
+
+    Returns:
+        The password to use, and the started server (``None`` when an existing one is used).
+
+    Raises:
+        ServiceError: a remote host does not answer, or a local server cannot be started.
+    """
+    if redis_answers(host, port, password):
+        logger.info("Using the Redis server already running at %s:%d", host, port)
+        return password, None
+    if host not in LOCAL_HOSTS:
+        raise ServiceError(f"No Redis server answers at {host}:{port}; start one there or use a local host")
+    server = ManagedRedis(port, work_dir).start()
+    return server.password, server
+
+
+class AuthRedisQueues(RedisQueues):
+    """Colmena's Redis queues, with a password (Colmena 0.7's own ``connect`` takes none)."""
+
+    def __init__(self, *args, password: str | None = None, **kwargs):
+        self.password = password  # set before the parent's __init__, which connects
+        super().__init__(*args, **kwargs)
+
+    def connect(self) -> None:
+        """Connect with the password; the queue re-connects this way after being pickled to another process."""
+        if not self.redis_client:
+            self.redis_client = redis.StrictRedis(host=self.hostname, port=self.port, password=self.password,
+                                                  decode_responses=True)
+            self.redis_client.ping()

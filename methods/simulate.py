@@ -1,0 +1,322 @@
+"""Quantum chemistry through QCEngine: relaxations, energies, and the campaign objectives.
+
+Design notes (see ``../shared/FACTS.md`` for the measurements behind them):
+
+* xTB relaxations use an ASE optimizer whose calculator asks QCEngine for one gradient per step. A GFN2-xTB
+  gradient of a QM9 molecule costs ~20 ms through QCEngine, so a relaxation costs what its physics costs,
+  not the ~16 s of per-step process overhead of a geomeTRIC procedure.
+* NWChem relaxations use NWChem's own optimizer (QCEngine's ``nwchemdriver`` procedure): one NWChem process
+  per relaxation instead of one per step.
+* Failures are data: every molecule comes back as a :class:`MoleculeResult`, with the reason when it failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import qcelemental as qcel
+import qcengine as qcng
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.optimize import LBFGS
+from pydantic import BaseModel, ConfigDict, Field
+
+from methods.chem import SUPPORTED_ELEMENTS, MoleculeError, Structure, element_counts, embed
+
+logger = logging.getLogger(__name__)
+
+HARTREE_TO_EV = qcel.constants.conversion_factor("hartree", "eV")
+BOHR_TO_ANGSTROM = qcel.constants.bohr2angstroms
+
+ATOM_MULTIPLICITIES = {"H": 2, "C": 3, "N": 4, "O": 3, "F": 2}
+"""Ground-state spin multiplicities of the isolated atoms used as atomization references."""
+
+
+class QCFailure(RuntimeError):
+    """A QC calculation that did not produce a usable result; the message says why."""
+
+
+class QCSpec(BaseModel):
+    """The level of theory and the objective, identical for every molecule of a campaign (``qc_spec.json``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: Literal["xtb", "nwchem"] = Field(description="QCEngine program")
+    method: str = Field(description="QC method, e.g. GFN2-xTB, hf or b3lyp")
+    basis: str | None = Field(None, description="Basis set (NWChem only)")
+    objective: Literal["ionization-energy", "atomization-energy"] = Field(description="Property computed")
+    ie_type: Literal["adiabatic", "vertical"] = Field("adiabatic", description="Relax the cation or not")
+    fmax: float = Field(0.02, gt=0, description="Force convergence of ASE relaxations, eV/Å")
+    max_steps: int = Field(300, gt=0, description="Relaxation step limit; beyond it the molecule fails")
+    seed: int = Field(0, description="Seed for the RDKit embedding")
+
+    @property
+    def units(self) -> str:
+        """Unit of the objective value."""
+        return "eV"
+
+
+@dataclass
+class Relaxed:
+    """Outcome of a relaxation: final structure and energy (Hartree) and how many gradient steps it took."""
+
+    structure: Structure
+    energy: float
+    steps: int
+
+
+@dataclass
+class MoleculeResult:
+    """What one molecule's evaluation produced, successful or not; one line of ``simulation_records.jsonl``."""
+
+    smiles: str
+    success: bool = False
+    value: float | None = None
+    failure_reason: str | None = None
+    energies: dict[str, float] = field(default_factory=dict)
+    relax_steps: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    task_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary for JSON records."""
+        return asdict(self)
+
+
+def _keywords(spec: QCSpec, multiplicity: int) -> dict[str, Any]:
+    """Program keywords: quiet xTB, and what open-shell species (cations, isolated atoms) need in NWChem."""
+    if spec.code == "xtb":
+        return {"verbosity": "muted"}  # xtb-python otherwise prints its full output into the worker logs
+    if multiplicity == 1:
+        return {}
+    if spec.method.lower() in ("hf", "scf"):
+        return {"scf__uhf": True, "scf__nopen": multiplicity - 1}
+    return {"dft__mult": multiplicity, "dft__odft": True}
+
+
+def _model(spec: QCSpec) -> dict[str, str]:
+    model = {"method": spec.method}
+    if spec.basis is not None:
+        model["basis"] = spec.basis
+    return model
+
+
+def _molecule(structure: Structure, charge: int, multiplicity: int) -> qcel.models.Molecule:
+    return qcel.models.Molecule(
+        symbols=list(structure.symbols),
+        geometry=np.asarray(structure.positions) / BOHR_TO_ANGSTROM,
+        molecular_charge=charge,
+        molecular_multiplicity=multiplicity,
+        fix_com=True,
+        fix_orientation=True,
+        fix_symmetry="c1",
+    )
+
+
+def _failure_reason(result: Any) -> str:
+    error = getattr(result, "error", None)
+    if error is None:
+        return "QCEngine returned no result and no error"
+    message = " ".join(str(error.error_message).split())
+    return f"{spec_error_type(error)}: {message[-1000:]}"  # NWChem puts the cause near the end
+
+
+def spec_error_type(error: Any) -> str:
+    """QCEngine's error category (``convergence_error``, ``random_error``, ``input_error`` …)."""
+    return str(getattr(error, "error_type", "unknown_error"))
+
+
+def run_qcengine(
+    structure: Structure,
+    charge: int,
+    multiplicity: int,
+    driver: Literal["energy", "gradient"],
+    spec: QCSpec,
+    task_config: dict[str, Any],
+) -> qcel.models.AtomicResult:
+    """One QCEngine single point.
+
+    Raises:
+        QCFailure: QCEngine reports a failure (SCF not converged, program crashed …), with its reason.
+    """
+    atomic_input = qcel.models.AtomicInput(
+        molecule=_molecule(structure, charge, multiplicity),
+        driver=driver,
+        model=_model(spec),
+        keywords=_keywords(spec, multiplicity),
+    )
+    result = qcng.compute(atomic_input, spec.code, raise_error=False, task_config=task_config)
+    if not getattr(result, "success", False):
+        raise QCFailure(_failure_reason(result))
+    return result
+
+
+class QCEngineCalculator(Calculator):
+    """ASE calculator whose energies and forces come from QCEngine, so any ASE optimizer can use any code."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, spec: QCSpec, charge: int, multiplicity: int, task_config: dict[str, Any]):
+        super().__init__()
+        self.spec = spec
+        self.charge = charge
+        self.multiplicity = multiplicity
+        self.task_config = task_config
+        self.last_result: qcel.models.AtomicResult | None = None
+
+    def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
+        """Fill ``results`` with energy (eV) and forces (eV/Å) from one QCEngine gradient."""
+        super().calculate(atoms, properties, system_changes)
+        structure = Structure(tuple(self.atoms.get_chemical_symbols()), self.atoms.get_positions())
+        result = run_qcengine(structure, self.charge, self.multiplicity, "gradient", self.spec, self.task_config)
+        self.last_result = result
+        gradient = np.asarray(result.return_result).reshape(-1, 3)
+        self.results["energy"] = float(result.properties.return_energy) * HARTREE_TO_EV
+        self.results["forces"] = -gradient * HARTREE_TO_EV / BOHR_TO_ANGSTROM
+
+
+def _relax_with_ase(
+    structure: Structure, charge: int, multiplicity: int, spec: QCSpec, task_config: dict[str, Any]
+) -> Relaxed:
+    atoms = Atoms(symbols=list(structure.symbols), positions=structure.positions)
+    atoms.calc = QCEngineCalculator(spec, charge, multiplicity, task_config)
+    optimizer = LBFGS(atoms, logfile=None)
+    converged = optimizer.run(fmax=spec.fmax, steps=spec.max_steps)
+    if not converged:
+        raise QCFailure(f"relaxation did not reach fmax={spec.fmax} eV/Å in {spec.max_steps} steps")
+    energy = atoms.get_potential_energy() / HARTREE_TO_EV
+    final = Structure(structure.symbols, atoms.get_positions())
+    return Relaxed(structure=final, energy=float(energy), steps=int(optimizer.nsteps))
+
+
+def _relax_with_nwchem(
+    structure: Structure, charge: int, multiplicity: int, spec: QCSpec, task_config: dict[str, Any]
+) -> Relaxed:
+    optimization = qcel.models.OptimizationInput(
+        initial_molecule=_molecule(structure, charge, multiplicity),
+        input_specification={
+            "driver": "gradient",
+            "model": _model(spec),
+            "keywords": _keywords(spec, multiplicity),
+        },
+        keywords={"program": "nwchem"},
+    )
+    result = qcng.compute(optimization, "nwchemdriver", raise_error=False, task_config=task_config)
+    if not getattr(result, "success", False):
+        raise QCFailure(_failure_reason(result))
+    final = result.final_molecule
+    positions = np.asarray(final.geometry).reshape(-1, 3) * BOHR_TO_ANGSTROM
+    return Relaxed(
+        structure=Structure(structure.symbols, positions),
+        energy=float(result.energies[-1]),
+        steps=len(result.energies),
+    )
+
+
+def relax(
+    structure: Structure, charge: int, multiplicity: int, spec: QCSpec, task_config: dict[str, Any]
+) -> Relaxed:
+    """Relax a structure at the campaign's level of theory.
+
+    Raises:
+        QCFailure: a step failed or the relaxation did not converge.
+    """
+    if spec.code == "nwchem":
+        return _relax_with_nwchem(structure, charge, multiplicity, spec, task_config)
+    return _relax_with_ase(structure, charge, multiplicity, spec, task_config)
+
+
+def single_point_energy(
+    structure: Structure, charge: int, multiplicity: int, spec: QCSpec, task_config: dict[str, Any]
+) -> float:
+    """Energy (Hartree) at a fixed geometry."""
+    result = run_qcengine(structure, charge, multiplicity, "energy", spec, task_config)
+    return float(result.return_result)
+
+
+def compute_atom_energies(
+    spec: QCSpec, task_config: dict[str, Any], elements: tuple[str, ...] = tuple(sorted(SUPPORTED_ELEMENTS))
+) -> dict[str, float]:
+    """Energies (Hartree) of isolated atoms in their ground-state multiplicity, for atomization energies.
+
+    Computed once per campaign at the campaign's level of theory, so that errors of the method cancel.
+
+    Raises:
+        QCFailure: an atom's calculation failed; the campaign cannot compute atomization energies without it.
+    """
+    energies = {}
+    for element in elements:
+        atom = Structure((element,), np.zeros((1, 3)))
+        energies[element] = single_point_energy(atom, 0, ATOM_MULTIPLICITIES[element], spec, task_config)
+    return energies
+
+
+def evaluate_molecule(
+    smiles: str,
+    spec: QCSpec,
+    task_config: dict[str, Any],
+    atom_energies: dict[str, float] | None = None,
+) -> MoleculeResult:
+    """Compute the campaign objective for one molecule; never raises, failures come back with their reason."""
+    record = MoleculeResult(smiles=smiles)
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        record.timings[name] = record.timings.get(name, 0.0) + now - clock
+        clock = now
+
+    try:
+        structure = embed(smiles, seed=spec.seed)
+        lap("embed")
+        neutral = relax(structure, 0, 1, spec, task_config)
+        record.energies["neutral"] = neutral.energy
+        record.relax_steps["neutral"] = neutral.steps
+        lap("relax")
+        if spec.objective == "ionization-energy":
+            if spec.ie_type == "vertical":
+                cation_energy = single_point_energy(neutral.structure, 1, 2, spec, task_config)
+                lap("energy")
+            else:
+                cation = relax(neutral.structure, 1, 2, spec, task_config)
+                cation_energy = cation.energy
+                record.relax_steps["cation"] = cation.steps
+                lap("relax")
+            record.energies["cation"] = cation_energy
+            record.value = (cation_energy - neutral.energy) * HARTREE_TO_EV
+        else:
+            if atom_energies is None:
+                raise QCFailure("atomization energy requested without reference atom energies")
+            reference = sum(n * atom_energies[el] for el, n in element_counts(smiles).items())
+            record.value = (neutral.energy - reference) * HARTREE_TO_EV
+        if not np.isfinite(record.value):
+            raise QCFailure(f"non-finite objective value {record.value}")
+        record.success = True
+    except (MoleculeError, QCFailure) as exc:
+        record.failure_reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a crash on one molecule must not lose the others in the task
+        logger.exception("Unexpected failure for %s", smiles)
+        record.failure_reason = f"{type(exc).__name__}: {exc}"
+    lap("other")
+    record.timings.pop("other", None)
+    record.timings["total"] = sum(record.timings.values())
+    record.task_config = {k: task_config.get(k) for k in ("ncores", "memory", "scratch_directory")}
+    return record
+
+
+def evaluate_molecules(
+    smiles: list[str],
+    spec: QCSpec,
+    task_config: dict[str, Any],
+    atom_energies: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """The ``qc`` task: evaluate a batch of molecules and return one record per molecule, in order.
+
+    Batching lets short xTB evaluations amortize the per-task cost of the queues.
+    """
+    return [evaluate_molecule(s, spec, task_config, atom_energies).to_dict() for s in smiles]

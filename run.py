@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""Run a molecular-design campaign: parse → run directory → Redis, task server, thinker → start → join → shut down.
+
+This file is wiring only. What runs on workers lives in ``methods/``, the steering in ``thinkers/``, and the
+Parsl sites and validated settings in ``configs/``. Whatever happens (normal end, error, Ctrl+C), every
+process the run started — redis-server, the Parsl interchange and workers — is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.metadata
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+
+import psutil
+from colmena.task_server import ParslTaskServer
+from pydantic import ValidationError
+
+from configs.names import ML_EXECUTOR, QC_EXECUTOR, TOPICS
+from configs.services import AuthRedisQueues, ServiceError, connect_redis
+from configs.settings import CampaignSettings, SettingsError, load_qc_config
+from configs.sites import SITES, SiteOptions
+from thinkers.records import RunDirectory, summarize
+
+logger = logging.getLogger("molsteer")
+PROGRESS_LOGGERS = ("molsteer", "thinkers.design", "configs.services")
+"""Loggers whose INFO messages the terminal shows; everything else goes to runtime.log (warnings go to both)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (and exit status 2), not the usage block followed by the error."""
+
+    def error(self, message: str) -> typing.NoReturn:  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, generated from :class:`CampaignSettings` so options, defaults and help never drift apart."""
+    parser = OneLineParser(
+        description="Find molecules with the largest ionization energy or smallest atomization energy, "
+        "spending quantum chemistry where a surrogate model says it matters most.",
+    )
+    defaults = CampaignSettings()
+    for name, info in CampaignSettings.model_fields.items():
+        annotation = info.annotation
+        kwargs: dict = {"help": info.description, "default": argparse.SUPPRESS}
+        if isinstance(annotation, types.UnionType):  # `X | None`: the option takes an X
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        origin = typing.get_origin(annotation)
+        if origin is typing.Literal:
+            kwargs["choices"] = typing.get_args(annotation)
+        elif origin is typing.Annotated:
+            kwargs["type"] = typing.get_args(annotation)[0]
+        elif annotation in (int, float, Path, str):
+            kwargs["type"] = annotation
+        if "default" not in info.description:
+            kwargs["help"] += f" (default: {getattr(defaults, name)})"
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def parse_settings(argv: list[str] | None) -> tuple[CampaignSettings, argparse.ArgumentParser]:
+    """Parse and validate; invalid values exit with status 2 and one line naming the option."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    try:
+        return CampaignSettings(**given), parser
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
+        parser.error(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+
+
+def configure_logging(log_file: Path) -> None:
+    """Terminal: molsteer's progress; ``runtime.log``: everything at INFO, libraries included."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(formatter)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    console.addFilter(lambda record: record.levelno >= logging.WARNING or record.name in PROGRESS_LOGGERS)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.handlers[:] = [file_handler, console]
+    for name in ("parsl", "colmena"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (e.g. Parsl workers whose parent died) so shutdown can still find them."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def stop_descendants(keep: set[int] = frozenset(), timeout: float = 10.0) -> list[str]:
+    """Terminate, then kill, every process this run started that is still alive; returns what was stopped."""
+    children = [c for c in psutil.Process().children(recursive=True) if c.pid not in keep]
+    names = []
+    for child in children:
+        try:
+            names.append(f"{child.name()}[{child.pid}]")
+        except psutil.Error:
+            names.append(str(child.pid))
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    return names
+
+
+def host_info() -> dict:
+    """Where and with what the run happened, for reproducing it later."""
+    versions = {}
+    for package in ("colmena", "parsl", "redis", "qcengine", "qcelemental", "xtb", "rdkit", "ase",
+                    "scikit-learn", "numpy", "pydantic", "tensorflow-cpu", "qm9pack"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    programs = {}
+    for program, flag in (("redis-server", "--version"), ("nwchem", None)):
+        path = shutil.which(program)
+        programs[program] = {"path": path}
+        if path and flag:
+            out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10).stdout.strip()
+            programs[program]["version"] = out
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version,
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "packages": versions,
+        "programs": programs,
+        "command": sys.argv,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one campaign; returns the process exit status."""
+    settings, parser = parse_settings(argv)
+    try:
+        qc_machine = load_qc_config(settings.qc_config, settings.site)
+    except SettingsError as exc:
+        parser.error(str(exc))
+
+    # Imported after validation, so `--help` and bad options answer at once.
+    import numpy as np
+
+    from methods.data import load_qm9
+    from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
+    from methods.surrogates import score_qm9, train_surrogate
+    from thinkers.design import DesignPlan, DesignThinker, request_atom_energies
+
+    run_dir = RunDirectory.create(settings.runs_dir, settings.model_dump(mode="json"))
+    configure_logging(run_dir.path / "runtime.log")
+    become_subreaper()
+    logger.info("Run directory: %s", run_dir.path)
+    run_dir.write_json("host_info.json", host_info())
+
+    spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis,
+                  objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed)
+    task_config = qc_machine.task_config(run_dir.path)
+    run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
+
+    start = time.monotonic()
+    redis_server = task_server = queues = None
+    status = 1
+    # SIGTERM (from a batch scheduler or `kill`) takes the same clean path as Ctrl+C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        qm9 = load_qm9()
+        pool_rows = np.arange(len(qm9))
+        if settings.pool_size is not None:
+            if settings.pool_size < settings.total_evaluations:
+                raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
+                                    f"({settings.total_evaluations} evaluations)")
+            pool_rows = np.sort(np.random.default_rng(settings.seed).choice(pool_rows, settings.pool_size,
+                                                                            replace=False))
+
+        password, redis_server = connect_redis(settings.redis_host, settings.redis_port, settings.redis_password,
+                                               run_dir.path / "redis")
+        queues = AuthRedisQueues(TOPICS, hostname=settings.redis_host, port=settings.redis_port,
+                                 password=password, prefix=f"molsteer-{run_dir.name}", keep_inputs=False,
+                                 serialization_method="pickle")
+        parsl_config = SITES[settings.site](
+            run_dir.path, SiteOptions(settings.qc_workers, settings.ml_workers, qc_machine.ncores))
+        (run_dir.path / "parsl_config.txt").write_text(repr(parsl_config) + "\n")
+        task_server = ParslTaskServer(
+            [(evaluate_molecules, {"executors": [QC_EXECUTOR]}),
+             (compute_atom_energies, {"executors": [QC_EXECUTOR]}),
+             (train_surrogate, {"executors": [ML_EXECUTOR]}),
+             (score_qm9, {"executors": [ML_EXECUTOR]})],
+            queues, parsl_config)
+        task_server.start()
+
+        atom_energies = None
+        if settings.objective == "atomization-energy":
+            atom_energies = request_atom_energies(queues, spec, task_config)
+            run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
+            logger.info("Reference atom energies (Hartree): %s", atom_energies)
+
+        plan = DesignPlan(
+            total_evaluations=settings.total_evaluations, initial_count=settings.initial_count,
+            parallel_guesses=settings.parallel_guesses, qc_batch=settings.qc_batch,
+            generate_size=settings.generate_size, retrain_after=settings.retrain_after,
+            ml_workers=settings.ml_workers, model=settings.model,
+            maximize=settings.objective == "ionization-energy", seed=settings.seed)
+        thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
+        logger.info("Campaign: %s with %s (%s), %d evaluations, %d QC workers", settings.objective,
+                    settings.qc_code, settings.method, settings.total_evaluations, settings.qc_workers)
+        thinker.start()
+        try:
+            while thinker.is_alive():
+                thinker.join(timeout=0.5)
+        finally:
+            thinker.done.set()
+        status = 0
+    except KeyboardInterrupt:
+        logger.warning("Interrupted: shutting down")
+        status = 130
+    except (ServiceError, SettingsError, RuntimeError) as exc:
+        logger.error("%s", exc)
+        status = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if task_server is not None:
+            try:
+                queues.send_kill_signal()
+                task_server.join(timeout=60)
+            except Exception as exc:  # noqa: BLE001 - shutdown must go on whatever broke
+                logger.warning("Task server did not stop cleanly: %s", exc)
+            if task_server.is_alive():
+                task_server.terminate()
+                task_server.join(timeout=10)
+        redis_pid = {redis_server.process.pid} if redis_server is not None and redis_server.process else set()
+        leftovers = stop_descendants(keep=redis_pid)
+        if leftovers:
+            logger.info("Stopped processes left after the task server: %s", ", ".join(leftovers))
+        if redis_server is not None:
+            redis_server.stop()
+        stop_descendants()
+        run_dir.close()
+        summary = summarize(run_dir, maximize=settings.objective == "ionization-energy",
+                            n_workers=settings.qc_workers, wall_time=time.monotonic() - start)
+        summary["exit_status"] = status
+        run_dir.write_json("summary.json", summary)
+        logger.info("Done in %.1f s: %d evaluations, %d failures, QC utilization %s. Results in %s",
+                    summary["wall_time"], summary["evaluations"], summary["failures"],
+                    f"{summary['qc_utilization']:.1%}" if summary["qc_utilization"] else "n/a", run_dir.path)
+        if summary["best"]:
+            logger.info("Best: %s %.3f eV", summary["best"][0]["smiles"], summary["best"][0]["value"])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Real QC codes: GFN2-xTB through QCEngine's xtb harness and NWChem through its nwchem harness."""
+
+import math
+
+import pytest
+
+from configs.settings import load_qc_config
+from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecule, evaluate_molecules
+from tests.conftest import needs_nwchem
+
+XTB = {"code": "xtb", "method": "GFN2-xTB"}
+NWCHEM_HF = {"code": "nwchem", "method": "hf", "basis": "sto-3g"}
+CONFIG = {"ncores": 1}
+
+
+@pytest.fixture(scope="module")
+def xtb_atoms():
+    return compute_atom_energies(QCSpec(objective="atomization-energy", **XTB), CONFIG)
+
+
+@pytest.mark.parametrize("ie_type", ["adiabatic", "vertical"])
+@pytest.mark.parametrize("smiles", ["O", "C", "N"])
+def test_xtb_ionization_energies_are_positive(smiles, ie_type):
+    record = evaluate_molecule(smiles, QCSpec(objective="ionization-energy", ie_type=ie_type, **XTB), CONFIG)
+    assert record.success, record.failure_reason
+    assert math.isfinite(record.energies["neutral"]) and math.isfinite(record.energies["cation"])
+    assert 5 < record.value < 25  # eV
+    assert record.relax_steps["neutral"] >= 1
+
+
+def test_adiabatic_ie_is_not_above_vertical():
+    adiabatic = evaluate_molecule("N", QCSpec(objective="ionization-energy", **XTB), CONFIG)
+    vertical = evaluate_molecule("N", QCSpec(objective="ionization-energy", ie_type="vertical", **XTB), CONFIG)
+    assert adiabatic.value <= vertical.value + 1e-6  # relaxing the cation can only lower its energy
+
+
+@pytest.mark.parametrize("smiles", ["O", "C", "N"])
+def test_xtb_atomization_energies_are_negative(smiles, xtb_atoms):
+    record = evaluate_molecule(smiles, QCSpec(objective="atomization-energy", **XTB), CONFIG, xtb_atoms)
+    assert record.success, record.failure_reason
+    assert record.value < -5  # eV: these molecules are strongly bound
+
+
+def test_bigger_molecules_have_more_negative_atomization_energy(xtb_atoms):
+    spec = QCSpec(objective="atomization-energy", **XTB)
+    methane, ethane = (evaluate_molecule(s, spec, CONFIG, xtb_atoms).value for s in ("C", "CC"))
+    assert ethane < methane
+
+
+def test_failures_are_recorded_with_their_reason():
+    spec = QCSpec(objective="ionization-energy", **XTB)
+    records = evaluate_molecules(["CS", "C1CC", "O"], spec, CONFIG)
+    assert [r["success"] for r in records] == [False, False, True]
+    assert "unsupported elements S" in records[0]["failure_reason"]
+    assert "cannot parse" in records[1]["failure_reason"]
+    assert records[0]["value"] is None
+
+
+@needs_nwchem
+def test_nwchem_energies_and_signs():
+    ie = evaluate_molecule("O", QCSpec(objective="ionization-energy", ie_type="vertical", **NWCHEM_HF), CONFIG)
+    assert ie.success, ie.failure_reason
+    assert ie.value > 0
+    ae_spec = QCSpec(objective="atomization-energy", **NWCHEM_HF)
+    atoms = compute_atom_energies(ae_spec, CONFIG, elements=("C", "H"))
+    assert all(math.isfinite(e) and e < 0 for e in atoms.values())
+    ae = evaluate_molecule("C", ae_spec, CONFIG, atoms)
+    assert ae.success, ae.failure_reason
+    assert ae.value < 0
+
+
+@needs_nwchem
+def test_xtb_and_nwchem_agree_on_which_ionization_energy_is_larger():
+    values = {}
+    for name, level in (("xtb", XTB), ("nwchem", NWCHEM_HF)):
+        spec = QCSpec(objective="ionization-energy", ie_type="vertical", **level)
+        values[name] = {s: evaluate_molecule(s, spec, CONFIG).value for s in ("O", "N")}
+    assert values["xtb"]["O"] > values["xtb"]["N"]
+    assert values["nwchem"]["O"] > values["nwchem"]["N"]
+
+
+@needs_nwchem
+def test_nwchem_failure_is_data_not_exception():
+    spec = QCSpec(objective="ionization-energy", ie_type="vertical", code="nwchem", method="hf", basis="no-such-basis")
+    record = evaluate_molecule("O", spec, CONFIG)
+    assert not record.success
+    assert "basis" in record.failure_reason.lower()
+
+
+@needs_nwchem
+def test_qcengine_yml_scratch_setting_changes_where_nwchem_runs(tmp_path):
+    """A value in qcengine.yml reaches the QC run: NWChem's scratch files land where the file says."""
+    scratch = tmp_path / "my-scratch"
+    config_file = tmp_path / "qcengine.yml"
+    config_file.write_text(f"local:\n  ncores: 1\n  memory: 1\n  scratch_directory: {scratch}\n  scratch_messy: true\n")
+    task_config = load_qc_config(config_file, "local").task_config(tmp_path / "run")
+    spec = QCSpec(objective="ionization-energy", ie_type="vertical", **NWCHEM_HF)
+    record = evaluate_molecule("O", spec, task_config)
+    assert record.success, record.failure_reason
+    written = list(scratch.rglob("*"))
+    assert any(p.is_file() for p in written), "NWChem wrote nothing in the configured scratch directory"
+    assert not (tmp_path / "run" / "qc-scratch").exists() or not any((tmp_path / "run" / "qc-scratch").iterdir())

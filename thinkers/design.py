@@ -1,0 +1,344 @@
+"""Molecular design: interleave surrogate-guided generation with QC, so neither waits for the other.
+
+Two agent threads share a priority queue of candidate molecules:
+
+* the **generator** retrains the surrogate on everything evaluated so far, scores the unevaluated pool,
+  and pushes the best-ranked molecules as a new batch;
+* the **consumer** keeps exactly ``parallel_guesses`` QC tasks in flight, taking the next candidate the
+  moment a slot frees. The queue serves the initial random molecules first, then the most recent batch,
+  and inside a batch the best-ranked first: stale candidates are used only when nothing newer waits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from queue import Empty, PriorityQueue
+from typing import Any
+
+import numpy as np
+from colmena.exceptions import TimeoutException
+from colmena.models import Result
+from colmena.queue.base import ColmenaQueues
+from colmena.thinker import BaseThinker, ResourceCounter, agent, result_processor, task_submitter
+
+from configs.names import ML_TOPIC, SIMULATION_TOPIC
+from thinkers.records import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS, RunDirectory, task_timing
+
+logger = logging.getLogger(__name__)
+
+SCORE_CHUNK = 40_000
+"""Most molecules scored by one ML task: keeps each result well under a megabyte."""
+
+INITIAL_BATCH = -1
+"""Batch number of the initial random molecules; they are served before every model batch."""
+
+
+@dataclass(order=True)
+class Candidate:
+    """A molecule waiting for QC. Ordering is the queue's priority: initial batch, then newest batch, then rank."""
+
+    priority: tuple[float, int]
+    smiles: str = field(compare=False)
+    row: int = field(compare=False)
+    batch: int = field(compare=False)
+    rank: int = field(compare=False)
+    score: float | None = field(compare=False, default=None)
+
+
+def candidate(smiles: str, row: int, batch: int, rank: int, score: float | None = None) -> Candidate:
+    """Build a candidate with the queue's ordering: -inf for the initial batch, else -batch; then rank."""
+    first = -np.inf if batch == INITIAL_BATCH else -batch
+    return Candidate((first, rank), smiles, row, batch, rank, score)
+
+
+@dataclass(frozen=True)
+class DesignPlan:
+    """What the thinker needs to know about the campaign, independent of how the settings were given."""
+
+    total_evaluations: int
+    initial_count: int
+    parallel_guesses: int
+    qc_batch: int
+    generate_size: int
+    retrain_after: int
+    ml_workers: int
+    model: str
+    maximize: bool
+    seed: int
+
+
+class DesignThinker(BaseThinker):
+    """Screens a pool of molecules with a surrogate and spends a fixed QC budget on the most promising ones."""
+
+    def __init__(
+        self,
+        queues: ColmenaQueues,
+        plan: DesignPlan,
+        run_dir: RunDirectory,
+        pool_smiles: np.ndarray,
+        pool_rows: np.ndarray,
+        qc_args: tuple[Any, ...],
+    ):
+        """Create the thinker.
+
+        Args:
+            queues: Client side of the Colmena queues, with the simulation and ML topics.
+            plan: Budget, batch sizes and model choice.
+            run_dir: Where records are written.
+            pool_smiles: SMILES of every molecule of the search space's source (QM9 row order).
+            pool_rows: Rows of ``pool_smiles`` that form the search space.
+            qc_args: Arguments after the SMILES list for ``evaluate_molecules`` (spec, task config, atom energies).
+        """
+        super().__init__(queues, ResourceCounter(plan.parallel_guesses, ["qc"]))
+        self.rec.reallocate(None, "qc", plan.parallel_guesses)
+        self.plan = plan
+        self.run_dir = run_dir
+        self.pool_smiles = pool_smiles
+        self.pool_rows = np.asarray(pool_rows, dtype=np.int64)
+        self.qc_args = qc_args
+
+        self.task_queue: PriorityQueue[Candidate] = PriorityQueue()
+        self.attempted: set[int] = set()  # pool rows submitted to QC (whatever the outcome)
+        self.database: dict[str, float] = {}  # SMILES -> objective value, successful evaluations only
+        self.n_submitted = 0
+        self.n_done = 0
+        self.n_failed = 0
+        self.best: tuple[str, float] | None = None
+        self.start_time = time.monotonic()
+        self._state = threading.Condition()
+        self._trained_on = 0
+        self._batches = itertools.count()
+
+        self._done_at_training = 0
+        self._rng = np.random.default_rng(plan.seed)
+        self._enqueue_random(plan.initial_count)
+
+    # --- shared bookkeeping -------------------------------------------------------------------------
+
+    def _enqueue_random(self, count: int) -> None:
+        """Queue random, not yet tried molecules with the initial batch's (top) priority."""
+        with self._state:
+            excluded = np.fromiter(self.attempted, dtype=np.int64)
+        fresh = self.pool_rows[~np.isin(self.pool_rows, excluded)]
+        for rank, row in enumerate(self._rng.choice(fresh, size=min(count, len(fresh)), replace=False)):
+            self.task_queue.put(candidate(str(self.pool_smiles[row]), int(row), INITIAL_BATCH, rank))
+
+    def _is_better(self, value: float, than: float) -> bool:
+        return value > than if self.plan.maximize else value < than
+
+    def _wait_for_ml(self, n_tasks: int) -> list[Result]:
+        """Collect ``n_tasks`` results from the ML topic; always drains them, so the queues stay consistent."""
+        results = []
+        while len(results) < n_tasks:
+            try:
+                results.append(self.queues.get_result(topic=ML_TOPIC, timeout=1))
+            except TimeoutException:
+                continue
+        return results
+
+    # --- consumer: keep the QC workers busy ------------------------------------------------------------
+
+    @task_submitter(task_type="qc", n_slots=1)
+    def submit_qc(self) -> None:
+        """Send the next candidates from the priority queue to QC as soon as a slot is free."""
+        batch: list[Candidate] = []
+        while not self.done.is_set() and not batch:
+            with self._state:
+                remaining = self.plan.total_evaluations - self.n_submitted
+            if remaining <= 0:
+                return  # budget fully submitted; results still arriving release slots, nothing more to send
+            try:
+                item = self.task_queue.get(timeout=0.5)
+            except Empty:
+                continue
+            if item.row in self.attempted:
+                continue
+            batch.append(item)
+            # Pack more waiting candidates into the same task, without waiting for new ones.
+            while len(batch) < min(self.plan.qc_batch, remaining):
+                try:
+                    extra = self.task_queue.get_nowait()
+                except Empty:
+                    break
+                if extra.row not in self.attempted:
+                    batch.append(extra)
+        if not batch:
+            self.rec.release("qc", 1)  # shutting down: give the slot back
+            return
+        with self._state:
+            self.n_submitted += len(batch)
+            self.attempted.update(c.row for c in batch)
+        self.queues.send_inputs(
+            [c.smiles for c in batch],
+            *self.qc_args,
+            method="evaluate_molecules",
+            topic=SIMULATION_TOPIC,
+            task_info={"candidates": [
+                {"smiles": c.smiles, "row": c.row, "batch": c.batch, "rank": c.rank, "score": c.score}
+                for c in batch
+            ]},
+        )
+
+    @result_processor(topic=SIMULATION_TOPIC)
+    def store_qc(self, result: Result) -> None:
+        """Record every molecule of a finished QC task, success or failure, and free its slot."""
+        self.rec.release("qc", 1)
+        candidates = result.task_info["candidates"]
+        if result.success:
+            outcomes = result.value
+        else:  # the whole task failed (worker lost, crash outside a molecule): each molecule failed with it
+            reason = result.failure_info.exception if result.failure_info else "task failed without a reason"
+            outcomes = [{"smiles": c["smiles"], "success": False, "value": None,
+                         "failure_reason": f"task failure: {reason}"} for c in candidates]
+        timing = task_timing(result)
+        writer = self.run_dir.records(SIMULATION_RECORDS)
+        for info, outcome in zip(candidates, outcomes, strict=True):
+            source = "initial" if info["batch"] == INITIAL_BATCH else "model"
+            with self._state:
+                self.n_done += 1
+                if outcome["success"]:
+                    value = float(outcome["value"])
+                    self.database[outcome["smiles"]] = value
+                    if self.best is None or self._is_better(value, self.best[1]):
+                        self.best = (outcome["smiles"], value)
+                else:
+                    self.n_failed += 1
+                n_done, n_failed, best = self.n_done, self.n_failed, self.best
+                self._state.notify_all()
+            writer.write({**outcome, **info, "source": source, "n_done": n_done,
+                          "elapsed": time.monotonic() - self.start_time, **timing})
+            if not outcome["success"]:
+                self.logger.warning("QC failed for %s: %s", outcome["smiles"], outcome["failure_reason"])
+        best_text = f"{best[1]:.3f} eV ({best[0]})" if best else "none yet"
+        logger.info("[%d/%d] evaluated | best %s | failures %d", n_done, self.plan.total_evaluations,
+                    best_text, n_failed)
+        if n_done >= self.plan.total_evaluations:
+            logger.info("QC budget spent; stopping")
+            self.done.set()
+
+    # --- generator: retrain, score, push -------------------------------------------------------------
+
+    def _wait_for_new_data(self) -> bool:
+        """Block until the model should be retrained; False when the campaign is over.
+
+        Retrain after ``retrain_after`` new successful results, or at once when the task queue has run dry
+        and anything new arrived (even failures: the pool minus what was tried still yields new candidates),
+        so the consumer never starves while the generator waits.
+        """
+        first = self._trained_on == 0
+        needed = min(self.plan.retrain_after, self.plan.initial_count) if first else self.plan.retrain_after
+        with self._state:
+            while not self.done.is_set():
+                if self.n_done >= self.plan.total_evaluations:
+                    return False
+                new_successes = len(self.database) - self._trained_on
+                dry = self.task_queue.empty()
+                idle = dry and self.n_done == self.n_submitted
+                if len(self.database) >= 2:
+                    if new_successes >= needed or (dry and self.n_done > self._done_at_training):
+                        return True
+                elif idle:
+                    # Nothing to learn from yet and nothing left to try (the first molecules all failed).
+                    self.logger.warning("Fewer than 2 successful evaluations; adding random molecules")
+                    self._enqueue_random(self.plan.initial_count)
+                if idle and not first and self.n_done == self._done_at_training:
+                    self.logger.warning("The search space is exhausted before the QC budget; stopping")
+                    self.done.set()
+                    return False
+                self._state.wait(timeout=0.5)
+        return False
+
+    @agent
+    def generate(self) -> None:
+        """Train → score the unevaluated pool → push the best as the newest batch; repeat as data arrives."""
+        while self._wait_for_new_data():
+            with self._state:
+                smiles, values = list(self.database), list(self.database.values())
+                self._trained_on, self._done_at_training = len(smiles), self.n_done
+            round_start = time.monotonic()
+
+            self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
+                                    method="train_surrogate", topic=ML_TOPIC)
+            trained = self._wait_for_ml(1)[0]
+            training_record = {"n_train": len(smiles), "success": trained.success, **task_timing(trained)}
+            if not trained.success:
+                training_record["failure_reason"] = trained.failure_info.exception if trained.failure_info else None
+                self.run_dir.records(TRAINING_RECORDS).write(training_record)
+                self.logger.error("Model training failed: %s", training_record["failure_reason"])
+                continue
+            model, stats = trained.value
+            self.run_dir.records(TRAINING_RECORDS).write({**training_record, **stats})
+
+            with self._state:
+                attempted = np.fromiter(self.attempted, dtype=np.int64)
+            unseen = self.pool_rows[~np.isin(self.pool_rows, attempted)]
+            if len(unseen) == 0:
+                self.logger.info("Every molecule of the pool has been attempted; nothing left to score")
+                return
+            # One task per ML worker, and none too large for the queues (QM9 alone is 130k molecules).
+            n_chunks = max(self.plan.ml_workers, -(-len(unseen) // SCORE_CHUNK))
+            chunks = np.array_split(unseen, min(n_chunks, len(unseen)))
+            for chunk in chunks:
+                self.queues.send_inputs(model, chunk, method="score_qm9", topic=ML_TOPIC,
+                                        task_info={"first_row": int(chunk[0])})
+            scored = self._wait_for_ml(len(chunks))
+            failed = [r for r in scored if not r.success]
+            if failed:
+                self.logger.error("Scoring failed: %s", failed[0].failure_info.exception if failed[0].failure_info
+                                  else "unknown")
+                continue
+            rows = np.concatenate(chunks)
+            means = self._ordered_means(chunks, scored)
+            order = np.argsort(-means if self.plan.maximize else means)
+            batch = next(self._batches)
+            chosen = []
+            for index in order:
+                row = int(rows[index])
+                if row in self.attempted:
+                    continue  # rows still waiting from older batches are queued again, at this batch's rank
+                chosen.append((row, float(means[index])))
+                if len(chosen) >= self.plan.generate_size:
+                    break
+            for rank, (row, score) in enumerate(chosen):
+                self.task_queue.put(candidate(str(self.pool_smiles[row]), row, batch, rank, score))
+            self.run_dir.records(SCREENING_RECORDS).write({
+                "batch": batch, "n_train": len(smiles), "n_scored": len(rows), "n_queued": len(chosen),
+                "best_predicted": chosen[0][1] if chosen else None,
+                "top": [{"smiles": str(self.pool_smiles[r]), "score": s} for r, s in chosen[:10]],
+                "round_time": time.monotonic() - round_start,
+                "scoring_time_running": [r.time.running for r in scored],
+            })
+            logger.info("Batch %d: trained on %d, scored %d, queued %d (best predicted %.3f) in %.1f s",
+                             batch, len(smiles), len(rows), len(chosen), chosen[0][1] if chosen else float("nan"),
+                             time.monotonic() - round_start)
+
+    @staticmethod
+    def _ordered_means(chunks: list[np.ndarray], scored: list[Result]) -> np.ndarray:
+        """Put scoring results, which arrive in any order, back in chunk order (matched by first row)."""
+        by_first_row: dict[int, np.ndarray] = {}
+        for result in scored:
+            by_first_row[int(result.task_info["first_row"])] = result.value[0]
+        return np.concatenate([by_first_row[int(chunk[0])] for chunk in chunks])
+
+
+def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[str, Any]) -> dict[str, float]:
+    """Compute the isolated-atom reference energies once, on a QC worker, before the campaign starts.
+
+    Raises:
+        RuntimeError: the calculation failed; atomization energies cannot be computed without it.
+    """
+    queues.send_inputs(spec, task_config, method="compute_atom_energies", topic=SIMULATION_TOPIC)
+    while True:
+        try:
+            result = queues.get_result(topic=SIMULATION_TOPIC, timeout=1)
+            break
+        except TimeoutException:
+            continue
+    if not result.success:
+        reason = result.failure_info.exception if result.failure_info else "unknown"
+        raise RuntimeError(f"reference atom energies failed: {reason}")
+    return result.value
