@@ -1,0 +1,135 @@
+"""End to end, as users run it: `python run.py` with a real auto-started redis-server, real Parsl workers, real xTB."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import free_port, needs_redis
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE_MARKERS = ("redis-server", "process_worker_pool", "interchange.py")
+
+pytestmark = [needs_redis, pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def service_pids() -> set[int]:
+    pids = set()
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            text = " ".join([proc.info["name"] or ""] + (proc.info["cmdline"] or []))
+        except psutil.Error:
+            continue
+        if any(marker in text for marker in SERVICE_MARKERS):
+            pids.add(proc.info["pid"])
+    return pids
+
+
+def assert_nothing_left(before: set[int]) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and service_pids() - before:
+        time.sleep(0.2)
+    left = service_pids() - before
+    commands = [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
+    assert not left, f"processes outlived the run: {commands}"
+
+
+def campaign(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(free_port()), *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    run_dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1, result.stdout + result.stderr
+    return result, run_dirs[0]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_default_campaign_shape_with_real_services(tmp_path):
+    before = service_pids()
+    result, run_dir = campaign(tmp_path, "--initial-count", "6", "--search-size", "10", "--parallel-guesses", "3",
+                               "--retrain-after", "3", "--generate-size", "8", "--seed", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_nothing_left(before)
+
+    for name in ("run_params.json", "qc_spec.json", "host_info.json", "parsl_config.txt", "runtime.log",
+                 "simulation_records.jsonl", "screening_records.jsonl", "training_records.jsonl", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    params = json.loads((run_dir / "run_params.json").read_text())
+    assert params["search_size"] == 10 and params["qc_code"] == "xtb"
+    assert "HighThroughputExecutor" in (run_dir / "parsl_config.txt").read_text()
+
+    records = read_jsonl(run_dir / "simulation_records.jsonl")
+    assert len(records) == 16
+    for record in records:
+        assert record["success"] or record["failure_reason"]
+        assert record["time_running"] > 0 and record["timestamp_result_received"] >= record["timestamp_created"]
+    values = [r["value"] for r in records if r["success"]]
+    assert len(values) >= 12 and all(5 < v < 25 for v in values)  # GFN2-xTB ionization energies, eV
+    assert {r["source"] for r in records} == {"initial", "model"}
+    assert read_jsonl(run_dir / "training_records.jsonl")[0]["success"]
+    assert read_jsonl(run_dir / "screening_records.jsonl")[0]["n_scored"] > 100_000  # all of QM9 is screened
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["evaluations"] == 16 and summary["exit_status"] == 0
+    assert summary["best"][0]["value"] == max(values)
+    assert 0 < summary["qc_utilization"] <= 1
+    assert "evaluated | best" in result.stdout  # live progress on the terminal
+    redis_conf = (run_dir / "redis" / "redis.conf").read_text()
+    assert "bind 127.0.0.1" in redis_conf and 'save ""' in redis_conf
+
+
+def test_atomization_campaign_with_batched_tasks(tmp_path):
+    before = service_pids()
+    result, run_dir = campaign(tmp_path, "--objective", "atomization-energy", "--initial-count", "4",
+                               "--search-size", "4", "--qc-batch", "2", "--parallel-guesses", "2", "--model", "knn")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_nothing_left(before)
+    atoms = json.loads((run_dir / "atom_energies.json").read_text())["energies"]
+    assert set(atoms) == {"H", "C", "N", "O", "F"}
+    records = read_jsonl(run_dir / "simulation_records.jsonl")
+    assert len(records) == 8
+    assert all(r["value"] < 0 for r in records if r["success"])
+    assert max(sum(1 for r in records if r["task_id"] == t) for t in {r["task_id"] for r in records}) == 2
+
+
+def test_ctrl_c_stops_everything_and_keeps_records(tmp_path):
+    before = service_pids()
+    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(free_port()),
+               "--search-size", "500"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        records = None
+        while time.monotonic() < deadline:
+            found = list(tmp_path.glob("*/simulation_records.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= 3:
+                records = found[0]
+                break
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.5)
+        assert records is not None, "no QC result within 300 s"
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert_nothing_left(before)
+    summary = json.loads((records.parent / "summary.json").read_text())
+    assert summary["exit_status"] == 130 and summary["evaluations"] >= 3
+
+
+def test_remote_redis_that_does_not_answer_is_a_clear_error(tmp_path):
+    before = service_pids()
+    result, _ = campaign(tmp_path, "--redis-host", "127.0.0.2", "--search-size", "2", "--initial-count", "2")
+    assert result.returncode == 1
+    assert "No Redis server answers at 127.0.0.2" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert_nothing_left(before)
