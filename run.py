@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = CampaignSettings()
     for name, info in CampaignSettings.model_fields.items():
         annotation = info.annotation
+        if name == "maximize":  # a direction, spelled as two flags
+            direction = parser.add_mutually_exclusive_group()
+            direction.add_argument("--maximize", dest="maximize", action="store_const", const=True,
+                                   default=argparse.SUPPRESS, help=info.description)
+            direction.add_argument("--minimize", dest="maximize", action="store_const", const=False,
+                                   default=argparse.SUPPRESS, help="See --maximize")
+            continue
         kwargs: dict = {"help": info.description, "default": argparse.SUPPRESS}
         if isinstance(annotation, types.UnionType):  # `X | None`: the option takes an X
             annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         task_server.start()
 
         atom_energies = None
-        if settings.objective == "atomization-energy":
+        if settings.objective == "atomization-energy" and settings.qc_code != "qm9":
             atom_energies = request_atom_energies(queues, spec, task_config)
             run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
             logger.info("Reference atom energies (Hartree): %s", atom_energies)
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             parallel_guesses=settings.parallel_guesses, qc_batch=settings.qc_batch,
             generate_size=settings.generate_size, retrain_after=settings.retrain_after,
             ml_workers=settings.ml_workers, model=settings.model,
-            maximize=settings.objective == "ionization-energy", seed=settings.seed)
+            maximize=settings.maximize, seed=settings.seed, units=spec.units)
         thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
         logger.info("Campaign: %s with %s (%s), %d evaluations, %d QC workers", settings.objective,
                     settings.qc_code, settings.method, settings.total_evaluations, settings.qc_workers)
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_server.stop()
         stop_descendants()
         run_dir.close()
-        summary = summarize(run_dir, maximize=settings.objective == "ionization-energy",
+        summary = summarize(run_dir, maximize=settings.maximize,
                             n_workers=settings.qc_workers, wall_time=time.monotonic() - start)
         summary["exit_status"] = status
         run_dir.write_json("summary.json", summary)
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     summary["wall_time"], summary["evaluations"], summary["failures"],
                     f"{summary['qc_utilization']:.1%}" if summary["qc_utilization"] else "n/a", run_dir.path)
         if summary["best"]:
-            logger.info("Best: %s %.3f eV", summary["best"][0]["smiles"], summary["best"][0]["value"])
+            logger.info("Best: %s %.4g %s", summary["best"][0]["smiles"], summary["best"][0]["value"], spec.units)
     return status
 
 

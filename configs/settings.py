@@ -14,10 +14,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-OBJECTIVES = ("ionization-energy", "atomization-energy")
-QC_CODES = ("xtb", "nwchem")
-MODELS = ("gc", "knn")
-DEFAULT_METHODS = {"xtb": ("GFN2-xTB", None), "nwchem": ("hf", "sto-3g")}
+from methods.objectives import parse_objective
+
+DEFAULT_METHODS = {"xtb": ("GFN2-xTB", None), "nwchem": ("hf", "sto-3g"), "qm9": ("B3LYP/6-31G(2df,p)", None)}
 
 
 def _default_qc_workers() -> int:
@@ -30,12 +29,18 @@ class CampaignSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    objective: Literal["ionization-energy", "atomization-energy"] = Field(
+    objective: str = Field(
         "ionization-energy",
-        description="Property to optimize: the largest ionization energy or the smallest atomization energy",
+        description="Property to optimize: ionization-energy (largest), atomization-energy (smallest), or, "
+        "with --qc-code qm9, qm9:<column> for any numeric QM9 column (with --maximize or --minimize)",
     )
-    qc_code: Literal["xtb", "nwchem"] = Field(
-        "xtb", description="Quantum-chemistry code run through QCEngine: GFN2-xTB or NWChem"
+    maximize: bool | None = Field(
+        None, description="Search for the largest (--maximize) or smallest (--minimize) value "
+        "(default: largest ionization energy, smallest atomization energy)"
+    )
+    qc_code: Literal["xtb", "nwchem", "qm9"] = Field(
+        "xtb", description="Quantum-chemistry code run through QCEngine (xtb, nwchem), or qm9 to look up "
+        "QM9's own B3LYP values instead of computing (benchmarks the steering at full speed)"
     )
     method: str | None = Field(
         None, description="QC method (default: GFN2-xTB for xtb, hf for nwchem)", min_length=1
@@ -53,7 +58,7 @@ class CampaignSettings(BaseModel):
         "on Morgan fingerprints (knn)",
     )
     search_size: Annotated[int, Field(gt=0)] = Field(
-        96, description="QC evaluations chosen by the model after the initial ones; the campaign then stops"
+        224, description="QC evaluations chosen by the model after the initial ones; the campaign then stops"
     )
     initial_count: Annotated[int, Field(gt=0)] = Field(
         32, description="Random QM9 molecules evaluated first, to train the first model"
@@ -96,14 +101,23 @@ class CampaignSettings(BaseModel):
 
     @model_validator(mode="after")
     def _fill_method_defaults(self) -> CampaignSettings:
-        """Pick the code's default level of theory, so the saved parameters say exactly what ran."""
+        """Pick the code's default level of theory and direction, so the saved parameters say what ran."""
+        objective = parse_objective(self.objective)  # raises ValueError with the reason
+        if objective.column is not None and self.qc_code != "qm9":
+            raise ValueError(f"--objective {self.objective} is a QM9 column: it needs --qc-code qm9")
+        if self.maximize is None:
+            if objective.maximize is None:
+                raise ValueError(f"--objective {self.objective}: say --maximize or --minimize")
+            self.maximize = objective.maximize
         method, basis = DEFAULT_METHODS[self.qc_code]
         if self.method is None:
             self.method = method
         if self.qc_code == "nwchem" and self.basis is None:
             self.basis = basis
-        if self.qc_code == "xtb" and self.basis is not None:
-            raise ValueError("--basis is only used by --qc-code nwchem (xTB has no basis set)")
+        if self.qc_code == "qm9" and self.method != DEFAULT_METHODS["qm9"][0]:
+            raise ValueError("--qc-code qm9 looks up QM9's B3LYP values: it takes no --method")
+        if self.qc_code in ("xtb", "qm9") and self.basis is not None:
+            raise ValueError(f"--basis is only used by --qc-code nwchem (not {self.qc_code})")
         if self.qc_code == "xtb" and self.method.lower() not in ("gfn2-xtb", "gfn1-xtb", "gfn0-xtb"):
             raise ValueError(f"--method {self.method!r} is not an xTB method (use GFN2-xTB, GFN1-xTB or GFN0-xTB)")
         return self

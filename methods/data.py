@@ -93,3 +93,19 @@ def load_qm9() -> QM9:
     with np.load(path, allow_pickle=False) as data:
         columns = {key[4:]: data[key] for key in data.files if key.startswith("col_")}
         return QM9(index=data["index"], smiles=data["smiles"], columns=columns)
+
+
+@lru_cache(maxsize=1)
+def _rows_by_smiles() -> dict[str, int]:
+    return {smiles: row for row, smiles in enumerate(load_qm9().smiles.tolist())}
+
+
+def qm9_row(smiles: str) -> int | None:
+    """Row of a molecule in :func:`load_qm9`, by canonical SMILES; None when it is not in QM9."""
+    from rdkit import Chem
+
+    row = _rows_by_smiles().get(smiles)
+    if row is None:
+        mol = Chem.MolFromSmiles(smiles)
+        row = _rows_by_smiles().get(Chem.MolToSmiles(mol)) if mol is not None else None
+    return row

@@ -69,6 +69,7 @@ class DesignPlan:
     model: str
     maximize: bool
     seed: int
+    units: str = "eV"
 
 
 class DesignThinker(BaseThinker):
@@ -213,7 +214,7 @@ class DesignThinker(BaseThinker):
                           "elapsed": time.monotonic() - self.start_time, **timing})
             if not outcome["success"]:
                 self.logger.warning("QC failed for %s: %s", outcome["smiles"], outcome["failure_reason"])
-        best_text = f"{best[1]:.3f} eV ({best[0]})" if best else "none yet"
+        best_text = f"{best[1]:.4g} {self.plan.units} ({best[0]})" if best else "none yet"
         logger.info("[%d/%d] evaluated | best %s | failures %d", n_done, self.plan.total_evaluations,
                     best_text, n_failed)
         if n_done >= self.plan.total_evaluations:
