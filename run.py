@@ -9,7 +9,6 @@ process the run started — redis-server, the Parsl interchange and workers — 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.metadata
 import logging
 import os
@@ -29,7 +28,7 @@ from colmena.task_server import ParslTaskServer
 from pydantic import ValidationError
 
 from configs.names import ML_EXECUTOR, QC_EXECUTOR, TOPICS
-from configs.services import AuthRedisQueues, ServiceError, connect_redis
+from configs.services import AuthRedisQueues, ServiceError, become_subreaper, connect_redis, stop_descendants
 from configs.settings import CampaignSettings, SettingsError, load_qc_config
 from configs.sites import SITES, SiteOptions
 from thinkers.records import RunDirectory, summarize
@@ -105,36 +104,6 @@ def configure_logging(log_file: Path) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (e.g. Parsl workers whose parent died) so shutdown can still find them."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
-def stop_descendants(keep: set[int] = frozenset(), timeout: float = 10.0) -> list[str]:
-    """Terminate, then kill, every process this run started that is still alive; returns what was stopped."""
-    children = [c for c in psutil.Process().children(recursive=True) if c.pid not in keep]
-    names = []
-    for child in children:
-        try:
-            names.append(f"{child.name()}[{child.pid}]")
-        except psutil.Error:
-            names.append(str(child.pid))
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=timeout)
-    return names
-
-
 def host_info() -> dict:
     """Where and with what the run happened, for reproducing it later."""
     versions = {}
@@ -172,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
 
     # Imported after validation, so `--help` and bad options answer at once.
-    import numpy as np
-
-    from methods.data import load_qm9
+    from methods.data import load_qm9, sample_pool
     from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
     from methods.surrogates import score_qm9, train_surrogate
     from thinkers.design import DesignPlan, DesignThinker, request_atom_energies
@@ -197,13 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         qm9 = load_qm9()
-        pool_rows = np.arange(len(qm9))
-        if settings.pool_size is not None:
-            if settings.pool_size < settings.total_evaluations:
-                raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
-                                    f"({settings.total_evaluations} evaluations)")
-            pool_rows = np.sort(np.random.default_rng(settings.seed).choice(pool_rows, settings.pool_size,
-                                                                            replace=False))
+        if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:
+            raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
+                                f"({settings.total_evaluations} evaluations)")
+        pool_rows = sample_pool(len(qm9), settings.pool_size, settings.seed)
 
         password, redis_server = connect_redis(settings.redis_host, settings.redis_port, settings.redis_password,
                                                run_dir.path / "redis")

@@ -6,13 +6,16 @@ directory is inside the run directory), and is stopped on every exit path by :me
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import redis
 from colmena.queue.redis import RedisQueues
 
@@ -143,3 +146,33 @@ class AuthRedisQueues(RedisQueues):
             self.redis_client = redis.StrictRedis(host=self.hostname, port=self.port, password=self.password,
                                                   decode_responses=True)
             self.redis_client.ping()
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (e.g. Parsl workers whose parent died) so shutdown can still find them."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def stop_descendants(keep: set[int] = frozenset(), timeout: float = 10.0) -> list[str]:
+    """Terminate, then kill, every process this run started that is still alive; returns what was stopped."""
+    children = [c for c in psutil.Process().children(recursive=True) if c.pid not in keep]
+    names = []
+    for child in children:
+        try:
+            names.append(f"{child.name()}[{child.pid}]")
+        except psutil.Error:
+            names.append(str(child.pid))
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    return names

@@ -77,6 +77,7 @@ def local(run_dir: Path, options: SiteOptions) -> Config:
         ],
         run_dir=str(run_dir / "parsl"),
         strategy="none",  # blocks are started once and kept: workers keep QC codes loaded between tasks
+        strategy_period=0.5,  # the first blocks start at the first strategy tick: default 5 s of idle start
         usage_tracking=0,
     )
 

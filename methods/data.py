@@ -109,3 +109,11 @@ def qm9_row(smiles: str) -> int | None:
         mol = Chem.MolFromSmiles(smiles)
         row = _rows_by_smiles().get(Chem.MolToSmiles(mol)) if mol is not None else None
     return row
+
+
+def sample_pool(n_total: int, pool_size: int | None, seed: int) -> np.ndarray:
+    """Rows forming a campaign's search space: all of them, or a seeded random subset (sorted)."""
+    rows = np.arange(n_total)
+    if pool_size is None or pool_size >= n_total:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, pool_size, replace=False))
