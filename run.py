@@ -241,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{summary['qc_utilization']:.1%}" if summary["qc_utilization"] else "n/a", run_dir.path)
         if summary["best"]:
             logger.info("Best: %s %.4g %s", summary["best"][0]["smiles"], summary["best"][0]["value"], spec.units)
+        try:
+            from reporting.report import write_report
+
+            logger.info("Report: %s", write_report(run_dir.path))
+        except Exception:  # noqa: BLE001 - the records are safe; a broken plot must not hide the run's status
+            logger.exception("Could not write the report; rerun python scripts/report.py %s", run_dir.path)
     return status
 
 

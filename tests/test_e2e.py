@@ -14,34 +14,47 @@ from tests.conftest import free_port, needs_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_MARKERS = ("redis-server", "process_worker_pool", "interchange.py")
+_LAST_PORT: list[int] = []
 
 pytestmark = [needs_redis, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-def service_pids() -> set[int]:
+def service_pids(tag: str = "") -> set[int]:
+    """Redis, interchange and worker processes; with a tag, only those whose command line names it."""
     pids = set()
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         try:
             text = " ".join([proc.info["name"] or ""] + (proc.info["cmdline"] or []))
         except psutil.Error:
             continue
-        if any(marker in text for marker in SERVICE_MARKERS):
+        if any(marker in text for marker in SERVICE_MARKERS) and tag in text:
             pids.add(proc.info["pid"])
     return pids
 
 
-def assert_nothing_left(before: set[int]) -> None:
+def assert_nothing_left(before: set[int], run_root: Path, port: int) -> None:
+    """No service process of this run survives: none naming its directory or its Redis port.
+
+    Matching on the run's own directory and port keeps the check exact when other runs share the machine.
+    """
+    def left_now() -> set[int]:
+        return (service_pids(str(run_root)) | service_pids(f"127.0.0.1:{port}")) - before
+
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and service_pids() - before:
+    while time.monotonic() < deadline and left_now():
         time.sleep(0.2)
-    left = service_pids() - before
+    left = left_now()
     commands = [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
     assert not left, f"processes outlived the run: {commands}"
 
 
 def campaign(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
-    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(free_port()), *args]
+    """Run run.py to completion, then check that none of its service processes is left."""
+    before = service_pids()
+    port = free_port()
+    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port), *args]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    assert_nothing_left(before, tmp_path, port)
     run_dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(run_dirs) == 1, result.stdout + result.stderr
     return result, run_dirs[0]
@@ -52,11 +65,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_default_campaign_shape_with_real_services(tmp_path):
-    before = service_pids()
     result, run_dir = campaign(tmp_path, "--initial-count", "6", "--search-size", "10", "--parallel-guesses", "3",
                                "--retrain-after", "3", "--generate-size", "8", "--seed", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert_nothing_left(before)
 
     for name in ("run_params.json", "qc_spec.json", "host_info.json", "parsl_config.txt", "runtime.log",
                  "simulation_records.jsonl", "screening_records.jsonl", "training_records.jsonl", "summary.json"):
@@ -83,14 +94,52 @@ def test_default_campaign_shape_with_real_services(tmp_path):
     assert "evaluated | best" in result.stdout  # live progress on the terminal
     redis_conf = (run_dir / "redis" / "redis.conf").read_text()
     assert "bind 127.0.0.1" in redis_conf and 'save ""' in redis_conf
+    assert_report(run_dir)
+
+
+def assert_valid_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as image:
+        image.verify()
+
+
+def assert_report(run_dir: Path) -> None:
+    """run.py wrote report.md; every image it links exists and is a valid PNG."""
+    import re
+
+    report = (run_dir / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert {"plots/best_vs_evaluations.png", "plots/qc_utilization.png", "plots/task_overhead.png"} <= set(images)
+    assert any(i.startswith("plots/molecules/") for i in images)
+    for image in images:
+        assert_valid_png(run_dir / image)
+
+
+def test_lookup_mode_campaign_and_report_script(tmp_path):
+    result, run_dir = campaign(tmp_path, "--qc-code", "qm9", "--objective", "qm9:HOMO_LUMO_gap_au", "--minimize",
+                               "--pool-size", "2000", "--initial-count", "10", "--search-size", "40")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = read_jsonl(run_dir / "simulation_records.jsonl")
+    assert len(records) == 50 and all(r["success"] for r in records)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best"][0]["value"] == min(r["value"] for r in records)
+    (run_dir / "report.md").unlink()
+    regenerated = subprocess.run([sys.executable, "scripts/report.py", str(run_dir)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+    assert regenerated.returncode == 0, regenerated.stderr
+    assert_report(run_dir)
+    assert "QM9 top-100 threshold" not in (run_dir / "report.md").read_text()  # the legend is in the PNG
+    bad = subprocess.run([sys.executable, "scripts/report.py", str(tmp_path / "nope")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr
 
 
 def test_atomization_campaign_with_batched_tasks(tmp_path):
-    before = service_pids()
     result, run_dir = campaign(tmp_path, "--objective", "atomization-energy", "--initial-count", "4",
                                "--search-size", "4", "--qc-batch", "2", "--parallel-guesses", "2", "--model", "knn")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert_nothing_left(before)
     atoms = json.loads((run_dir / "atom_energies.json").read_text())["energies"]
     assert set(atoms) == {"H", "C", "N", "O", "F"}
     records = read_jsonl(run_dir / "simulation_records.jsonl")
@@ -101,7 +150,8 @@ def test_atomization_campaign_with_batched_tasks(tmp_path):
 
 def test_ctrl_c_stops_everything_and_keeps_records(tmp_path):
     before = service_pids()
-    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(free_port()),
+    port = free_port()
+    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port),
                "--search-size", "500"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -121,15 +171,13 @@ def test_ctrl_c_stops_everything_and_keeps_records(tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, output[-3000:]
-    assert_nothing_left(before)
+    assert_nothing_left(before, tmp_path, port)
     summary = json.loads((records.parent / "summary.json").read_text())
     assert summary["exit_status"] == 130 and summary["evaluations"] >= 3
 
 
 def test_remote_redis_that_does_not_answer_is_a_clear_error(tmp_path):
-    before = service_pids()
     result, _ = campaign(tmp_path, "--redis-host", "127.0.0.2", "--search-size", "2", "--initial-count", "2")
     assert result.returncode == 1
     assert "No Redis server answers at 127.0.0.2" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert_nothing_left(before)

@@ -145,13 +145,18 @@ def qc_utilization(records: list[dict[str, Any]], n_workers: int) -> dict[str, f
     for record in records:
         tasks.setdefault(record.get("task_id"), record)
     starts = [r["timestamp_created"] for r in tasks.values() if r.get("timestamp_created")]
+    computes = [r["timestamp_compute_started"] for r in tasks.values() if r.get("timestamp_compute_started")]
     ends = [r["timestamp_result_received"] for r in tasks.values() if r.get("timestamp_result_received")]
     busy = sum(r.get("time_running") or 0.0 for r in tasks.values())
     if not starts or not ends or n_workers <= 0:
-        return {"qc_utilization": None, "qc_busy_time": busy, "qc_wall_time": None}
+        return {"qc_utilization": None, "qc_utilization_after_startup": None, "qc_busy_time": busy,
+                "qc_wall_time": None}
     wall = max(ends) - min(starts)
+    steady = max(ends) - min(computes) if computes else None
     return {
         "qc_utilization": busy / (n_workers * wall) if wall > 0 else None,
+        # The same, from the first computation on: what is left once the workers have started.
+        "qc_utilization_after_startup": busy / (n_workers * steady) if steady else None,
         "qc_busy_time": busy,
         "qc_wall_time": wall,
     }

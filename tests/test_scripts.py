@@ -1,0 +1,52 @@
+"""Benchmark scripts run on a tiny budget and end with one JSON line with sane fields (no timing asserts)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str, timeout: int = 600) -> dict:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    return json.loads(last)
+
+
+@pytest.mark.timeout(300)
+def test_bench_qc_xtb():
+    data = run_script("scripts/bench_qc.py", "--codes", "xtb", "--n-xtb", "4")
+    (xtb,) = data["results"]
+    assert xtb["code"] == "xtb" and xtb["molecules"] == 4
+    assert xtb["failures"] < 4
+    assert 0 < xtb["median_s"] <= xtb["p90_s"]
+    assert xtb["parts"]["relax"]["median"] > 0 and xtb["parts"]["embed"]["median"] > 0
+
+
+@needs_redis
+@pytest.mark.timeout(300)
+def test_bench_overhead():
+    data = run_script("scripts/bench_overhead.py", "--tasks", "60", "--warmup", "5")
+    assert data["stack"]["median_ms"] > 0 and data["process_pool"]["median_ms"] > 0
+    assert data["stack"]["p90_ms"] >= data["stack"]["median_ms"]
+    assert data["median_ratio"] == pytest.approx(data["stack"]["median_ms"] / data["process_pool"]["median_ms"])
+    assert set(data["stack"]["stages_median_ms"]) >= {"running", "task_server_to_worker"}
+
+
+@needs_redis
+@pytest.mark.timeout(400)
+def test_bench_search_tiny():
+    data = run_script("scripts/bench_search.py", "--pool-size", "3000", "--budget", "80", "--top-k", "10",
+                      "--initial-count", "10", "--seeds", "0")
+    assert data["objective"] == "ionization-energy" and data["budget"] == 80 and data["top_k"] == 10
+    assert data["pool"] == 3000
+    assert 0 <= data["recall_random"] <= 1 and 0 <= data["recall_mean"] <= 1
+    assert data["recall_curve_mean"]["1"] == data["recall_mean"]
+    # A budget of 80 out of 3000 finds the top-10 far better than chance (expected 0.27 at random).
+    assert data["recall_mean"] > data["recall_random"]
