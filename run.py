@@ -132,6 +132,11 @@ def host_info() -> dict:
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (from a batch scheduler or `kill`) takes the same clean shutdown path as Ctrl+C."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one campaign; returns the process exit status."""
     settings, parser = parse_settings(argv)
@@ -160,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     redis_server = task_server = queues = None
     status = 1
-    # SIGTERM (from a batch scheduler or `kill`) takes the same clean path as Ctrl+C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         qm9 = load_qm9()
         if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:

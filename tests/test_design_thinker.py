@@ -4,6 +4,7 @@ QC is replaced by a lookup of QM9's own HOMO energies (a "lookup objective"), so
 the in-flight count and the stop condition are checked at full speed. The real path is in test_e2e.py.
 """
 
+import threading
 import time
 
 import numpy as np
@@ -17,6 +18,36 @@ from thinkers.design import INITIAL_BATCH, DesignPlan, DesignThinker, candidate
 from thinkers.records import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS, RunDirectory, summarize
 
 _VALUES: dict[str, float] = {}
+
+
+class ThreadSafePipeQueues(PipeQueues):
+    """Colmena's PipeQueues with locked writers.
+
+    A ``multiprocessing`` pipe is not safe for concurrent writers: the thinker's agents send requests from
+    several threads, and the task server sends results from several executor threads, so unlocked sends
+    interleave bytes and corrupt messages (seen as ``UnpicklingError``). Redis, used in production, is safe.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._send_lock = threading.Lock()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_send_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._send_lock = threading.Lock()
+
+    def _send_request(self, message: str, topic: str):
+        with self._send_lock:
+            super()._send_request(message, topic)
+
+    def _send_result(self, message: str, topic: str):
+        with self._send_lock:
+            super()._send_result(message, topic)
 
 
 def evaluate_molecules(smiles, delay, fail_marker):
@@ -60,7 +91,7 @@ def test_thinker_keeps_slots_full_and_stops_at_budget(tmp_path, qm9, qc_batch):
     plan = DesignPlan(total_evaluations=60, initial_count=10, parallel_guesses=3, qc_batch=qc_batch,
                       generate_size=24, retrain_after=4, ml_workers=1, model="gc", maximize=True, seed=1)
     pool_rows = np.random.default_rng(0).choice(len(qm9), 3000, replace=False)
-    queues = PipeQueues(topics=TOPICS)
+    queues = ThreadSafePipeQueues(topics=TOPICS)
     server = LocalTaskServer(queues, [evaluate_molecules, train_surrogate, score_qm9], threads=True, num_workers=8)
     run_dir = RunDirectory.create(tmp_path, {"test": qc_batch})
     thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (0.1, "F"))

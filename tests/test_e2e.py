@@ -148,7 +148,8 @@ def test_atomization_campaign_with_batched_tasks(tmp_path):
     assert max(sum(1 for r in records if r["task_id"] == t) for t in {r["task_id"] for r in records}) == 2
 
 
-def test_ctrl_c_stops_everything_and_keeps_records(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_stops_everything_and_keeps_records(tmp_path, signum):
     before = service_pids()
     port = free_port()
     command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port),
@@ -165,7 +166,7 @@ def test_ctrl_c_stops_everything_and_keeps_records(tmp_path):
             assert process.poll() is None, process.stdout.read()
             time.sleep(0.5)
         assert records is not None, "no QC result within 300 s"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         output, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
