@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             parallel_guesses=settings.parallel_guesses, qc_batch=settings.qc_batch,
             generate_size=settings.generate_size, retrain_after=settings.retrain_after,
             ml_workers=settings.ml_workers, model=settings.model,
-            maximize=settings.maximize, seed=settings.seed, units=spec.units)
+            maximize=settings.maximize, seed=settings.seed, units=spec.units,
+            acquisition=settings.acquisition, beta=settings.beta)
         thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
         logger.info("Campaign: %s with %s (%s), %d evaluations, %d QC workers", settings.objective,
                     settings.qc_code, settings.method, settings.total_evaluations, settings.qc_workers)

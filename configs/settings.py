@@ -57,6 +57,12 @@ class CampaignSettings(BaseModel):
         description="Surrogate: group contributions with Bayesian ridge (gc) or k-nearest neighbours "
         "on Morgan fingerprints (knn)",
     )
+    acquisition: Literal["greedy", "ucb", "ei"] = Field(
+        "greedy",
+        description="How predictions become a ranking: the mean (greedy), mean + beta*std (ucb), or expected "
+        "improvement over the best found (ei)",
+    )
+    beta: Annotated[float, Field(ge=0)] = Field(1.0, description="Weight of the uncertainty in --acquisition ucb")
     search_size: Annotated[int, Field(gt=0)] = Field(
         224, description="QC evaluations chosen by the model after the initial ones; the campaign then stops"
     )

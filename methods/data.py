@@ -8,6 +8,7 @@ the same files, so large arrays never travel through the task queues.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -21,6 +22,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+"""Version of the derived pool features (bump when their definition changes)."""
+TABLE_VERSION = 2
+"""Version of the cached QM9 table (2: atom counts per element added)."""
+ELEMENT_ORDER = ("H", "C", "N", "O", "F")
+"""Order of qm9pack's ``Stoichiometry`` counts."""
 QM9_ATOM_REFERENCE_U0 = {"H": -0.500273, "C": -37.846772, "N": -54.583861, "O": -75.064579, "F": -99.718730}
 """QM9's B3LYP/6-31G(2df,p) U0 of the isolated atoms (Hartree), for QM9's own atomization energies."""
 
@@ -57,6 +63,7 @@ class QM9:
 
     index: np.ndarray
     smiles: np.ndarray
+    atom_counts: np.ndarray  # molecules × ELEMENT_ORDER, hydrogens included
     columns: dict[str, np.ndarray]
 
     def __len__(self) -> int:
@@ -74,7 +81,9 @@ def _build_qm9_cache(path: Path) -> None:
     for raw in frame["SMILES"]:
         mol = Chem.MolFromSmiles(raw)
         smiles.append(Chem.MolToSmiles(mol) if mol is not None else raw)
-    arrays = {"index": frame["Index"].to_numpy(np.int64), "smiles": np.array(smiles, dtype=str)}
+    counts = np.array([json.loads(text) for text in frame["Stoichiometry"]], dtype=np.int16)
+    arrays = {"index": frame["Index"].to_numpy(np.int64), "smiles": np.array(smiles, dtype=str),
+              "atom_counts": counts}
     arrays.update({f"col_{name}": frame[name].to_numpy(np.float64) for name in NUMERIC_COLUMNS})
 
     def write(tmp: Path) -> None:
@@ -87,12 +96,12 @@ def _build_qm9_cache(path: Path) -> None:
 @lru_cache(maxsize=1)
 def load_qm9() -> QM9:
     """All 130,831 QM9 molecules with canonical SMILES and numeric properties (cached per process)."""
-    path = cache_dir() / f"qm9-v{CACHE_VERSION}.npz"
+    path = cache_dir() / f"qm9-v{TABLE_VERSION}.npz"
     if not path.exists():
         _build_qm9_cache(path)
     with np.load(path, allow_pickle=False) as data:
         columns = {key[4:]: data[key] for key in data.files if key.startswith("col_")}
-        return QM9(index=data["index"], smiles=data["smiles"], columns=columns)
+        return QM9(index=data["index"], smiles=data["smiles"], atom_counts=data["atom_counts"], columns=columns)
 
 
 @lru_cache(maxsize=1)

@@ -52,17 +52,10 @@ def _pool_reference(params: dict[str, Any], top_k: int) -> tuple[float, float] |
     if params.get("qc_code") != "qm9":
         return None
     from methods.data import load_qm9, sample_pool
-    from methods.simulate import lookup_qm9
+    from methods.simulate import qm9_objective_values
 
-    qm9 = load_qm9()
-    rows = sample_pool(len(qm9), params.get("pool_size"), params.get("seed", 0))
-    objective = params["objective"]
-    if objective == "ionization-energy":
-        values = -qm9.columns["HOMO_au"][rows] * 27.211386245988
-    elif objective.startswith("qm9:"):
-        values = qm9.columns[objective[4:]][rows]
-    else:
-        values = np.array([lookup_qm9(str(qm9.smiles[r]), objective) for r in rows])
+    rows = sample_pool(len(load_qm9()), params.get("pool_size"), params.get("seed", 0))
+    values = qm9_objective_values(params["objective"])[rows]
     ordered = np.sort(values)[::-1] if params.get("maximize", True) else np.sort(values)
     return float(ordered[0]), float(ordered[min(top_k, len(ordered)) - 1])
 

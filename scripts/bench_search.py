@@ -31,18 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from methods.data import load_qm9, sample_pool  # noqa: E402
 from methods.objectives import parse_objective  # noqa: E402
-from methods.simulate import lookup_qm9  # noqa: E402
+from methods.simulate import qm9_objective_values  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def pool_values(objective: str, rows: np.ndarray) -> np.ndarray:
-    qm9 = load_qm9()
-    return np.array([lookup_qm9(str(qm9.smiles[r]), objective) for r in rows])
 
 
 def recall(found_values: np.ndarray, threshold: float, k: int, maximize: bool) -> float:
@@ -74,7 +69,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         rows = sample_pool(len(qm9), args.pool_size, seed)
-        values = pool_values(args.objective, rows)
+        values = qm9_objective_values(args.objective)[rows]
         budget = args.budget or max(args.initial_count + 1, len(rows) // 100)
         ordered = np.sort(values)[::-1] if maximize else np.sort(values)
         threshold = ordered[args.top_k - 1]

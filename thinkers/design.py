@@ -26,6 +26,7 @@ from colmena.queue.base import ColmenaQueues
 from colmena.thinker import BaseThinker, ResourceCounter, agent, result_processor, task_submitter
 
 from configs.names import ML_TOPIC, SIMULATION_TOPIC
+from methods.acquisition import acquire
 from thinkers.records import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS, RunDirectory, task_timing
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class DesignPlan:
     maximize: bool
     seed: int
     units: str = "eV"
+    acquisition: str = "greedy"
+    beta: float = 1.0
 
 
 class DesignThinker(BaseThinker):
@@ -293,23 +296,27 @@ class DesignThinker(BaseThinker):
                                   else "unknown")
                 continue
             rows = np.concatenate(chunks)
-            means = self._ordered_means(chunks, scored)
-            order = np.argsort(-means if self.plan.maximize else means)
+            means, stds = self._ordered_predictions(chunks, scored)
+            with self._state:
+                best_value = self.best[1] if self.best else None
+            scores = self._acquisition_scores(means, stds, best_value)
+            order = np.argsort(-scores)
             batch = next(self._batches)
             chosen = []
             for index in order:
                 row = int(rows[index])
                 if row in self.attempted:
                     continue  # rows still waiting from older batches are queued again, at this batch's rank
-                chosen.append((row, float(means[index])))
+                chosen.append((row, float(means[index]), float(stds[index]) if stds is not None else None))
                 if len(chosen) >= self.plan.generate_size:
                     break
-            for rank, (row, score) in enumerate(chosen):
-                self.task_queue.put(candidate(str(self.pool_smiles[row]), row, batch, rank, score))
+            for rank, (row, mean, _) in enumerate(chosen):
+                self.task_queue.put(candidate(str(self.pool_smiles[row]), row, batch, rank, mean))
             self.run_dir.records(SCREENING_RECORDS).write({
                 "batch": batch, "n_train": len(smiles), "n_scored": len(rows), "n_queued": len(chosen),
                 "best_predicted": chosen[0][1] if chosen else None,
-                "top": [{"smiles": str(self.pool_smiles[r]), "score": s} for r, s in chosen[:10]],
+                "acquisition": self.plan.acquisition,
+                "top": [{"smiles": str(self.pool_smiles[r]), "mean": m, "std": s} for r, m, s in chosen[:10]],
                 "round_time": time.monotonic() - round_start,
                 "scoring_time_running": [r.time.running for r in scored],
             })
@@ -317,13 +324,26 @@ class DesignThinker(BaseThinker):
                              batch, len(smiles), len(rows), len(chosen), chosen[0][1] if chosen else float("nan"),
                              time.monotonic() - round_start)
 
+    def _acquisition_scores(self, means: np.ndarray, stds: np.ndarray | None, best: float | None) -> np.ndarray:
+        """Rank by the chosen acquisition; models without an uncertainty fall back to greedy (with a warning)."""
+        name = self.plan.acquisition
+        if name != "greedy" and stds is None:
+            if not getattr(self, "_warned_no_std", False):
+                self.logger.warning("Model %s gives no uncertainty: --acquisition %s falls back to greedy",
+                                    self.plan.model, name)
+                self._warned_no_std = True
+            name = "greedy"
+        return acquire(name, means, stds, maximize=self.plan.maximize, best=best, beta=self.plan.beta)
+
     @staticmethod
-    def _ordered_means(chunks: list[np.ndarray], scored: list[Result]) -> np.ndarray:
+    def _ordered_predictions(chunks: list[np.ndarray], scored: list[Result]) -> tuple[np.ndarray, np.ndarray | None]:
         """Put scoring results, which arrive in any order, back in chunk order (matched by first row)."""
-        by_first_row: dict[int, np.ndarray] = {}
-        for result in scored:
-            by_first_row[int(result.task_info["first_row"])] = result.value[0]
-        return np.concatenate([by_first_row[int(chunk[0])] for chunk in chunks])
+        by_first_row = {int(result.task_info["first_row"]): result.value for result in scored}
+        ordered = [by_first_row[int(chunk[0])] for chunk in chunks]
+        means = np.concatenate([mean for mean, _ in ordered])
+        if any(std is None for _, std in ordered):
+            return means, None
+        return means, np.concatenate([std for _, std in ordered])
 
 
 def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[str, Any]) -> dict[str, float]:
