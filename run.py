@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after validation, so `--help` and bad options answer at once.
     from methods.data import load_qm9, sample_pool
     from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
-    from methods.surrogates import score_qm9, train_surrogate
+    from methods.surrogates import score_qm9, train_mpnn, train_surrogate
     from thinkers.design import DesignPlan, DesignThinker, request_atom_energies
 
     run_dir = RunDirectory.create(settings.runs_dir, settings.model_dump(mode="json"))
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             [(evaluate_molecules, {"executors": [QC_EXECUTOR]}),
              (compute_atom_energies, {"executors": [QC_EXECUTOR]}),
              (train_surrogate, {"executors": [ML_EXECUTOR]}),
+             (train_mpnn, {"executors": [ML_EXECUTOR]}),
              (score_qm9, {"executors": [ML_EXECUTOR]})],
             queues, parsl_config)
         task_server.start()
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             generate_size=settings.generate_size, retrain_after=settings.retrain_after,
             ml_workers=settings.ml_workers, model=settings.model,
             maximize=settings.maximize, seed=settings.seed, units=spec.units,
-            acquisition=settings.acquisition, beta=settings.beta)
+            acquisition=settings.acquisition, beta=settings.beta, ensemble_size=settings.ensemble_size,
+            mpnn_epochs=settings.mpnn_epochs)
         thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
         logger.info("Campaign: %s with %s (%s), %d evaluations, %d QC workers", settings.objective,
                     settings.qc_code, settings.method, settings.total_evaluations, settings.qc_workers)

@@ -52,11 +52,15 @@ class CampaignSettings(BaseModel):
         "adiabatic",
         description="Ionization energy with a relaxed cation (adiabatic) or at the neutral geometry (vertical)",
     )
-    model: Literal["gc", "knn"] = Field(
+    model: Literal["gc", "knn", "mpnn"] = Field(
         "gc",
-        description="Surrogate: group contributions with Bayesian ridge (gc) or k-nearest neighbours "
-        "on Morgan fingerprints (knn)",
+        description="Surrogate: group contributions with Bayesian ridge (gc), k-nearest neighbours "
+        "on Morgan fingerprints (knn), or an ensemble of message-passing neural networks (mpnn)",
     )
+    ensemble_size: Annotated[int, Field(ge=2)] = Field(
+        4, description="MPNN ensemble members, each trained on a bootstrap resample as its own ml task"
+    )
+    mpnn_epochs: Annotated[int, Field(gt=0)] = Field(64, description="Training epochs of each MPNN member")
     acquisition: Literal["greedy", "ucb", "ei"] = Field(
         "greedy",
         description="How predictions become a ranking: the mean (greedy), mean + beta*std (ucb), or expected "
@@ -64,7 +68,7 @@ class CampaignSettings(BaseModel):
     )
     beta: Annotated[float, Field(ge=0)] = Field(1.0, description="Weight of the uncertainty in --acquisition ucb")
     search_size: Annotated[int, Field(gt=0)] = Field(
-        224, description="QC evaluations chosen by the model after the initial ones; the campaign then stops"
+        480, description="QC evaluations chosen by the model after the initial ones; the campaign then stops"
     )
     initial_count: Annotated[int, Field(gt=0)] = Field(
         32, description="Random QM9 molecules evaluated first, to train the first model"

@@ -23,10 +23,12 @@ logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 """Version of the derived pool features (bump when their definition changes)."""
-TABLE_VERSION = 2
-"""Version of the cached QM9 table (2: atom counts per element added)."""
+TABLE_VERSION = 3
+"""Version of the cached QM9 table (2: atom counts per element; 3: B3LYP geometries)."""
 ELEMENT_ORDER = ("H", "C", "N", "O", "F")
 """Order of qm9pack's ``Stoichiometry`` counts."""
+_ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+_SYMBOLS = {z: s for s, z in _ATOMIC_NUMBERS.items()}
 QM9_ATOM_REFERENCE_U0 = {"H": -0.500273, "C": -37.846772, "N": -54.583861, "O": -75.064579, "F": -99.718730}
 """QM9's B3LYP/6-31G(2df,p) U0 of the isolated atoms (Hartree), for QM9's own atomization energies."""
 
@@ -65,9 +67,22 @@ class QM9:
     smiles: np.ndarray
     atom_counts: np.ndarray  # molecules × ELEMENT_ORDER, hydrogens included
     columns: dict[str, np.ndarray]
+    geometry_offsets: np.ndarray  # molecule i's atoms: rows geometry_offsets[i]:geometry_offsets[i + 1]
+    positions: np.ndarray  # Å, B3LYP/6-31G(2df,p)-relaxed
+    numbers: np.ndarray  # atomic numbers
+
+    def geometry(self, row: int) -> tuple[list[str], np.ndarray]:
+        """Element symbols and B3LYP positions (Å) of one molecule."""
+        lo, hi = self.geometry_offsets[row], self.geometry_offsets[row + 1]
+        return [_SYMBOLS[z] for z in self.numbers[lo:hi]], self.positions[lo:hi].astype(float)
 
     def __len__(self) -> int:
         return len(self.smiles)
+
+
+def _parse_xyz(text: str) -> np.ndarray:
+    """qm9pack's ``[[x,y,z],…]`` strings (numbers such as ``0.`` are not JSON)."""
+    return np.array(text.replace("[", "").replace("]", "").split(","), dtype=np.float32).reshape(-1, 3)
 
 
 def _build_qm9_cache(path: Path) -> None:
@@ -82,8 +97,13 @@ def _build_qm9_cache(path: Path) -> None:
         mol = Chem.MolFromSmiles(raw)
         smiles.append(Chem.MolToSmiles(mol) if mol is not None else raw)
     counts = np.array([json.loads(text) for text in frame["Stoichiometry"]], dtype=np.int16)
+    # Geometries, flattened: molecule i's atoms are rows geometry_offsets[i]:geometry_offsets[i + 1].
+    positions = [_parse_xyz(text) for text in frame["XYZ_Ang"]]
+    numbers = [[_ATOMIC_NUMBERS[e.strip(" '\"")] for e in text.strip("[]").split(",")] for text in frame["Elements"]]
     arrays = {"index": frame["Index"].to_numpy(np.int64), "smiles": np.array(smiles, dtype=str),
-              "atom_counts": counts}
+              "atom_counts": counts,
+              "geometry_offsets": np.cumsum([0] + [len(p) for p in positions]).astype(np.int64),
+              "positions": np.concatenate(positions), "numbers": np.concatenate(numbers).astype(np.uint8)}
     arrays.update({f"col_{name}": frame[name].to_numpy(np.float64) for name in NUMERIC_COLUMNS})
 
     def write(tmp: Path) -> None:
@@ -91,6 +111,8 @@ def _build_qm9_cache(path: Path) -> None:
             np.savez(handle, **arrays)
 
     atomic_save(path, write)
+    for old in range(1, TABLE_VERSION):  # superseded tables only waste the user's disk
+        (path.parent / f"qm9-v{old}.npz").unlink(missing_ok=True)
 
 
 @lru_cache(maxsize=1)
@@ -101,7 +123,8 @@ def load_qm9() -> QM9:
         _build_qm9_cache(path)
     with np.load(path, allow_pickle=False) as data:
         columns = {key[4:]: data[key] for key in data.files if key.startswith("col_")}
-        return QM9(index=data["index"], smiles=data["smiles"], atom_counts=data["atom_counts"], columns=columns)
+        return QM9(index=data["index"], smiles=data["smiles"], atom_counts=data["atom_counts"], columns=columns,
+                   geometry_offsets=data["geometry_offsets"], positions=data["positions"], numbers=data["numbers"])
 
 
 @lru_cache(maxsize=1)

@@ -90,6 +90,7 @@ class MoleculeResult:
     relax_steps: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     task_config: dict[str, Any] = field(default_factory=dict)
+    start_geometry: str | None = None  # "rdkit" embedding, or "qm9" when RDKit could not embed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary for JSON records."""
@@ -308,6 +309,29 @@ def lookup_qm9(smiles: str, objective: str) -> float:
     return float(qm9_objective_values(objective)[row])
 
 
+def initial_structure(smiles: str, seed: int, record: MoleculeResult) -> Structure:
+    """RDKit's 3-D embedding; for QM9 molecules RDKit cannot embed (strained cages), QM9's own geometry.
+
+    Raises:
+        MoleculeError: the molecule is invalid, or neither RDKit nor QM9 provides a structure.
+    """
+    try:
+        structure = embed(smiles, seed=seed)
+        record.start_geometry = "rdkit"
+        return structure
+    except MoleculeError as exc:
+        if "could not embed" not in str(exc):
+            raise
+        row = qm9_row(smiles)
+        if row is None:
+            raise
+        from methods.data import load_qm9
+
+        symbols, positions = load_qm9().geometry(row)
+        record.start_geometry = "qm9"
+        return Structure(tuple(symbols), positions)
+
+
 def evaluate_molecule(
     smiles: str,
     spec: QCSpec,
@@ -331,7 +355,7 @@ def evaluate_molecule(
             lap("lookup")
             record.timings["total"] = record.timings["lookup"]
             return record
-        structure = embed(smiles, seed=spec.seed)
+        structure = initial_structure(smiles, spec.seed, record)
         lap("embed")
         neutral = relax(structure, 0, 1, spec, task_config)
         record.energies["neutral"] = neutral.energy

@@ -1,5 +1,7 @@
 """Surrogate models that rank molecules between QC evaluations, and the ``ml`` tasks that train and apply them.
 
+``train_mpnn`` (one ensemble member per task) is re-exported here so every ``ml`` method has one home.
+
 All surrogates share one small interface — ``fit(smiles, values)`` and ``predict(smiles) -> (mean, std)`` —
 so the thinker does not care which one runs. Models are small (a few kB of weights, or the fingerprints of
 the training set), so they travel to workers by value; the large pool features never travel, workers read
@@ -17,6 +19,7 @@ import numpy as np
 from sklearn.linear_model import BayesianRidge
 
 from methods.features import fingerprints, group_counts, group_vocabulary, qm9_features
+from methods.mpnn import train_mpnn
 
 
 class Surrogate(ABC):
@@ -118,7 +121,44 @@ class KNNModel(Surrogate):
         return np.concatenate(means), np.concatenate(stds)
 
 
-MODELS: dict[str, type[Surrogate]] = {"gc": GroupContributionModel, "knn": KNNModel}
+class MPNNEnsemble(Surrogate):
+    """A bootstrap ensemble of message-passing networks (:mod:`methods.mpnn`); the spread is its uncertainty.
+
+    In a campaign, members are trained by separate ``train_mpnn`` tasks and assembled here from their
+    weights; :meth:`fit_features` trains them one after the other for use outside a campaign.
+    """
+
+    name = "mpnn"
+    feature_kind = "smiles"
+
+    def __init__(self, members: list | None = None, ensemble_size: int = 4, epochs: int = 64, seed: int = 0):
+        self.members = list(members or [])
+        self.ensemble_size = ensemble_size
+        self.epochs = epochs
+        self.seed = seed
+
+    def featurize(self, smiles: Sequence[str]) -> np.ndarray:  # noqa: D102
+        return np.asarray(list(smiles), dtype=str)
+
+    def fit_features(self, features: np.ndarray, values: np.ndarray) -> MPNNEnsemble:  # noqa: D102
+        from methods.mpnn import train_mpnn
+
+        self.members = [train_mpnn(list(features), list(values), seed=self.seed + k, epochs=self.epochs)
+                        for k in range(self.ensemble_size)]
+        return self
+
+    def predict_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+        from methods.mpnn import ensemble_predict
+
+        if not self.members:
+            raise RuntimeError("MPNNEnsemble.predict called before training")
+        return ensemble_predict(self.members, list(features))
+
+
+MODELS: dict[str, type[Surrogate]] = {"gc": GroupContributionModel, "knn": KNNModel, "mpnn": MPNNEnsemble}
+
+
+__all__ = ["MODELS", "MPNNEnsemble", "Surrogate", "make_model", "score_qm9", "train_mpnn", "train_surrogate"]
 
 
 def make_model(name: str) -> Surrogate:
@@ -157,6 +197,8 @@ def train_surrogate(
 
 def score_qm9(model: Surrogate, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ``ml`` scoring task: predictions for QM9 rows, from the features cached on the worker's disk."""
-    features = qm9_features(model.feature_kind)
+    from methods.data import load_qm9
+
+    features = load_qm9().smiles if model.feature_kind == "smiles" else qm9_features(model.feature_kind)
     mean, std = model.predict_features(features[np.asarray(rows, dtype=np.int64)])
     return mean.astype(np.float32), std.astype(np.float32)  # halves the result message; ranks are unchanged

@@ -213,7 +213,10 @@ def write_report(run_dir: Path | str, top_k: int = 100) -> Path:
     lines += ["## QC worker utilization over time", "", "![utilization](plots/qc_utilization.png)", ""]
     table = overhead_table(records)
     plot_overhead(table, plots / "task_overhead.png")
-    lines += ["## Where a QC task's time goes", "", "![overhead](plots/task_overhead.png)", "",
+    lines += ["## Where a QC task's time goes", "",
+              "“task server → worker” includes waiting for a free worker: with more tasks in flight than QC "
+              "workers, a task queues there by design, so that no worker waits for the thinker.", "",
+              "![overhead](plots/task_overhead.png)", "",
               "| leg | median (ms) | p90 (ms) |", "| --- | ---: | ---: |"]
     lines += [f"| {leg} | {v['median'] * 1000:.1f} | {v['p90'] * 1000:.1f} |" for leg, v in table.items()]
     lines.append("")

@@ -73,6 +73,8 @@ class DesignPlan:
     units: str = "eV"
     acquisition: str = "greedy"
     beta: float = 1.0
+    ensemble_size: int = 4
+    mpnn_epochs: int = 64
 
 
 class DesignThinker(BaseThinker):
@@ -115,6 +117,7 @@ class DesignThinker(BaseThinker):
         self.start_time = time.monotonic()
         self._state = threading.Condition()
         self._trained_on = 0
+        self._round = 0
         self._batches = itertools.count()
 
         self._done_at_training = 0
@@ -265,17 +268,9 @@ class DesignThinker(BaseThinker):
                 self._trained_on, self._done_at_training = len(smiles), self.n_done
             round_start = time.monotonic()
 
-            self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
-                                    method="train_surrogate", topic=ML_TOPIC)
-            trained = self._wait_for_ml(1)[0]
-            training_record = {"n_train": len(smiles), "success": trained.success, **task_timing(trained)}
-            if not trained.success:
-                training_record["failure_reason"] = trained.failure_info.exception if trained.failure_info else None
-                self.run_dir.records(TRAINING_RECORDS).write(training_record)
-                self.logger.error("Model training failed: %s", training_record["failure_reason"])
+            model = self._train(smiles, values)
+            if model is None:
                 continue
-            model, stats = trained.value
-            self.run_dir.records(TRAINING_RECORDS).write({**training_record, **stats})
 
             with self._state:
                 attempted = np.fromiter(self.attempted, dtype=np.int64)
@@ -334,6 +329,46 @@ class DesignThinker(BaseThinker):
                 self._warned_no_std = True
             name = "greedy"
         return acquire(name, means, stds, maximize=self.plan.maximize, best=best, beta=self.plan.beta)
+
+    def _train(self, smiles: list[str], values: list[float]) -> Any | None:
+        """Train the surrogate on every successful result, as one ``ml`` task or one task per ensemble member.
+
+        Returns the trained model, or None when training failed (recorded; the generator waits for more data).
+        """
+        self._round += 1
+        if self.plan.model == "mpnn":
+            for member in range(self.plan.ensemble_size):
+                seed = self.plan.seed + 1000 * self._round + member  # a new bootstrap every round
+                self.queues.send_inputs(smiles, values, method="train_mpnn", topic=ML_TOPIC,
+                                        input_kwargs={"seed": seed, "epochs": self.plan.mpnn_epochs})
+        else:
+            self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
+                                    method="train_surrogate", topic=ML_TOPIC)
+        results = self._wait_for_ml(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
+        record: dict[str, Any] = {"round": self._round, "model": self.plan.model, "n_train": len(smiles),
+                                  "success": all(r.success for r in results),
+                                  "time_running": [r.time.running for r in results], **task_timing(results[0])}
+        failures = [r.failure_info.exception if r.failure_info else "unknown" for r in results if not r.success]
+        if failures:
+            record["failure_reason"] = failures[0]
+        good = [r.value for r in results if r.success]
+        model = None
+        if self.plan.model == "mpnn" and good:
+            from methods.surrogates import MPNNEnsemble
+
+            model = MPNNEnsemble(members=good)
+            for key in ("oob_mae", "oob_baseline_mae"):
+                scores = [m.stats[key] for m in good if key in m.stats]
+                if scores:
+                    record[key.replace("oob", "holdout")] = float(np.mean(scores))
+            record["members"] = [m.stats for m in good]
+        elif good:
+            model, stats = good[0]
+            record.update(stats)
+        self.run_dir.records(TRAINING_RECORDS).write(record)
+        if model is None:
+            self.logger.error("Model training failed: %s", record.get("failure_reason"))
+        return model
 
     @staticmethod
     def _ordered_predictions(chunks: list[np.ndarray], scored: list[Result]) -> tuple[np.ndarray, np.ndarray | None]:

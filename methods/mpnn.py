@@ -1,0 +1,260 @@
+"""A message-passing neural network on RDKit molecular graphs, in TensorFlow/Keras, used as a bootstrap ensemble.
+
+Each ensemble member is trained as its own ``ml`` task on a bootstrap resample of the evaluated molecules,
+so members train in parallel when workers allow. Only weights travel: a trained member comes back as a
+:class:`MPNNWeights` (NumPy arrays and a few numbers), never as a live Keras object.
+
+Graphs hold heavy atoms only (hydrogens are an atom feature). A batch of molecules is one disconnected
+graph: atoms and directed bonds are concatenated and ``graph_index`` says which molecule each atom is in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from rdkit import Chem, RDLogger
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+RDLogger.DisableLog("rdApp.*")
+
+ELEMENTS = ("C", "N", "O", "F", "H")
+HYBRIDIZATIONS = (Chem.HybridizationType.SP, Chem.HybridizationType.SP2, Chem.HybridizationType.SP3)
+BOND_TYPES = (Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE, Chem.BondType.AROMATIC)
+ATOM_FEATURES = len(ELEMENTS) + 1 + 5 + 4 + 1 + len(HYBRIDIZATIONS) + 3 + 1
+BOND_FEATURES = len(BOND_TYPES) + 2
+
+
+def _one_hot(value, choices) -> list[float]:
+    return [float(value == c) for c in choices]
+
+
+def atom_features(atom: Chem.Atom) -> list[float]:
+    """Element, degree, attached hydrogens, aromaticity, hybridization, charge, ring membership."""
+    symbol = atom.GetSymbol()
+    return (
+        _one_hot(symbol, ELEMENTS) + [float(symbol not in ELEMENTS)]
+        + _one_hot(min(atom.GetDegree(), 4), range(5))
+        + _one_hot(min(atom.GetTotalNumHs(), 3), range(4))
+        + [float(atom.GetIsAromatic())]
+        + _one_hot(atom.GetHybridization(), HYBRIDIZATIONS)
+        + _one_hot(max(-1, min(1, atom.GetFormalCharge())), (-1, 0, 1))
+        + [float(atom.IsInRing())]
+    )
+
+
+def bond_features(bond: Chem.Bond) -> list[float]:
+    """Bond order, conjugation, ring membership."""
+    return _one_hot(bond.GetBondType(), BOND_TYPES) + [float(bond.GetIsConjugated()), float(bond.IsInRing())]
+
+
+@dataclass
+class GraphBatch:
+    """Several molecules as one disconnected graph (NumPy arrays, ready for TensorFlow)."""
+
+    atoms: np.ndarray  # (atoms, ATOM_FEATURES)
+    bonds: np.ndarray  # (directed bonds, BOND_FEATURES)
+    connectivity: np.ndarray  # (directed bonds, 2): source atom, target atom
+    graph_index: np.ndarray  # (atoms,): molecule of each atom
+    n_graphs: int
+    valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # molecules that parsed
+
+
+def featurize(smiles: Sequence[str]) -> GraphBatch:
+    """Build one batch graph; unparsable SMILES become empty graphs (and ``valid`` is False for them)."""
+    atoms, bonds, connectivity, graph_index, valid = [], [], [], [], []
+    offset = 0
+    for index, text in enumerate(smiles):
+        mol = Chem.MolFromSmiles(text)
+        valid.append(mol is not None and mol.GetNumAtoms() > 0)
+        if not valid[-1]:
+            continue
+        atoms.extend(atom_features(a) for a in mol.GetAtoms())
+        graph_index.extend([index] * mol.GetNumAtoms())
+        for bond in mol.GetBonds():
+            i, j = bond.GetBeginAtomIdx() + offset, bond.GetEndAtomIdx() + offset
+            features = bond_features(bond)
+            bonds.extend([features, features])
+            connectivity.extend([(i, j), (j, i)])
+        offset += mol.GetNumAtoms()
+    return GraphBatch(
+        atoms=np.asarray(atoms, np.float32).reshape(-1, ATOM_FEATURES),
+        bonds=np.asarray(bonds, np.float32).reshape(-1, BOND_FEATURES),
+        connectivity=np.asarray(connectivity, np.int32).reshape(-1, 2),
+        graph_index=np.asarray(graph_index, np.int32),
+        n_graphs=len(smiles),
+        valid=np.asarray(valid, bool),
+    )
+
+
+@dataclass
+class MPNNWeights:
+    """A trained ensemble member as plain data: what travels between the thinker and workers."""
+
+    weights: list[np.ndarray]
+    hidden: int
+    steps: int
+    y_mean: float
+    y_std: float
+    stats: dict = field(default_factory=dict)
+
+
+def _build(hidden: int, steps: int):
+    """The network: embed atoms, ``steps`` rounds of edge-conditioned messages, sum+mean readout, MLP."""
+    import keras
+    import tensorflow as tf
+
+    class MPNN(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embed = keras.layers.Dense(hidden, activation="relu")
+            self.message = [keras.layers.Dense(hidden, activation="relu") for _ in range(steps)]
+            self.update_layers = [keras.layers.Dense(hidden, activation="relu") for _ in range(steps)]
+            self.readout = keras.layers.Dense(hidden, activation="relu")
+            self.out = keras.layers.Dense(1)
+
+        def call(self, atoms, bonds, connectivity, graph_index, n_graphs):
+            h = self.embed(atoms)
+            source, target = connectivity[:, 0], connectivity[:, 1]
+            for message, update in zip(self.message, self.update_layers, strict=True):
+                m = message(tf.concat([tf.gather(h, source), bonds], axis=1))
+                incoming = tf.math.unsorted_segment_sum(m, target, tf.shape(h)[0])
+                h = h + update(tf.concat([h, incoming], axis=1))
+            total = tf.math.unsorted_segment_sum(h, graph_index, n_graphs)
+            count = tf.math.unsorted_segment_sum(tf.ones_like(h[:, :1]), graph_index, n_graphs)
+            pooled = tf.concat([total, total / tf.maximum(count, 1.0)], axis=1)
+            return tf.squeeze(self.out(self.readout(pooled)), axis=1)
+
+    model = MPNN()
+    dummy = featurize(["CO"])
+    model(dummy.atoms, dummy.bonds, dummy.connectivity, dummy.graph_index, n_graphs=1)  # create the weights
+    return model
+
+
+@lru_cache(maxsize=4)
+def _model_for(hidden: int, steps: int):
+    """One network and its compiled forward pass per shape and worker process (weights are swapped in)."""
+    import tensorflow as tf
+
+    model = _build(hidden, steps)
+
+    @tf.function(reduce_retracing=True)
+    def forward(atoms, bonds, connectivity, graph_index, n_graphs):
+        return model(atoms, bonds, connectivity, graph_index, n_graphs=n_graphs)
+
+    return model, forward
+
+
+def _batches(n: int, size: int, rng: np.random.Generator | None = None):
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, size):
+        yield order[start:start + size]
+
+
+def train_mpnn(
+    smiles: list[str],
+    values: list[float],
+    seed: int = 0,
+    bootstrap: bool = True,
+    epochs: int = 80,
+    hidden: int = 64,
+    steps: int = 3,
+    batch_size: int = 32,
+) -> MPNNWeights:
+    """The ``ml`` task that trains one ensemble member (on a bootstrap resample when ``bootstrap``)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    y = np.asarray(values, dtype=np.float32)
+    picked = rng.integers(0, len(y), len(y)) if bootstrap else np.arange(len(y))
+    train_smiles = [smiles[i] for i in picked]
+    y_train = y[picked]
+    y_mean, y_std = float(y_train.mean()), float(y_train.std() or 1.0)
+    graphs = [featurize([s]) for s in train_smiles]  # featurized once, batched per step below
+    model = _build(hidden, steps)
+    optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+
+    @tf.function(reduce_retracing=True)
+    def step(atoms, bonds, connectivity, graph_index, n_graphs, target):
+        with tf.GradientTape() as tape:
+            prediction = model(atoms, bonds, connectivity, graph_index, n_graphs=n_graphs)
+            loss = tf.reduce_mean(tf.square(prediction - target))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return loss
+
+    losses = []
+    for _ in range(epochs):
+        epoch_loss = []
+        for batch in _batches(len(graphs), batch_size, rng):
+            merged = _merge([graphs[i] for i in batch])
+            target = (y_train[batch] - y_mean) / y_std
+            epoch_loss.append(float(step(merged.atoms, merged.bonds, merged.connectivity, merged.graph_index,
+                                         tf.constant(merged.n_graphs), target)))
+        losses.append(float(np.mean(epoch_loss)))
+    member = MPNNWeights(
+        weights=[np.asarray(w) for w in model.get_weights()], hidden=hidden, steps=steps, y_mean=y_mean,
+        y_std=y_std, stats={"n_train": len(y), "epochs": epochs, "final_loss": losses[-1], "seed": seed},
+    )
+    # Molecules the bootstrap left out are a free hold-out set for this member.
+    out_of_bag = np.setdiff1d(np.arange(len(y)), picked)
+    if bootstrap and len(out_of_bag) >= 2:
+        predicted = predict_mpnn(member, [smiles[i] for i in out_of_bag])
+        member.stats["oob_mae"] = float(np.nanmean(np.abs(predicted - y[out_of_bag])))
+        member.stats["oob_baseline_mae"] = float(np.mean(np.abs(y_mean - y[out_of_bag])))
+    return member
+
+
+def _merge(graphs: list[GraphBatch]) -> GraphBatch:
+    """Concatenate single-molecule graphs into one batch graph."""
+    offsets = np.cumsum([0] + [len(g.atoms) for g in graphs[:-1]])
+    return GraphBatch(
+        atoms=np.concatenate([g.atoms for g in graphs]),
+        bonds=np.concatenate([g.bonds for g in graphs]),
+        connectivity=np.concatenate([g.connectivity + o for g, o in zip(graphs, offsets, strict=True)]),
+        graph_index=np.concatenate([np.full(len(g.atoms), i, np.int32) for i, g in enumerate(graphs)]),
+        n_graphs=len(graphs),
+        valid=np.concatenate([g.valid for g in graphs]),
+    )
+
+
+def predict_mpnn(member: MPNNWeights, smiles: Sequence[str], batch_size: int = 2048) -> np.ndarray:
+    """Predictions of one ensemble member (NaN for unparsable SMILES)."""
+    import tensorflow as tf
+
+    model, forward = _model_for(member.hidden, member.steps)
+    model.set_weights(member.weights)
+    out = np.full(len(smiles), np.nan, dtype=np.float64)
+    for start in range(0, len(smiles), batch_size):
+        batch = featurize(smiles[start:start + batch_size])
+        if len(batch.atoms) == 0:
+            continue
+        prediction = forward(batch.atoms, batch.bonds, batch.connectivity, batch.graph_index,
+                             tf.constant(batch.n_graphs)).numpy()
+        values = prediction * member.y_std + member.y_mean
+        out[start:start + batch_size] = np.where(batch.valid, values, np.nan)
+    return out
+
+
+def ensemble_predict(members: Sequence[MPNNWeights], smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation across the ensemble members (molecules are featurized once)."""
+    import tensorflow as tf
+
+    smiles = list(smiles)
+    predictions = np.full((len(members), len(smiles)), np.nan)
+    for start in range(0, len(smiles), 4096):
+        batch = featurize(smiles[start:start + 4096])
+        if len(batch.atoms) == 0:
+            continue
+        inputs = (batch.atoms, batch.bonds, batch.connectivity, batch.graph_index, tf.constant(batch.n_graphs))
+        for k, member in enumerate(members):
+            model, forward = _model_for(member.hidden, member.steps)
+            model.set_weights(member.weights)
+            values = forward(*inputs).numpy() * member.y_std + member.y_mean
+            predictions[k, start:start + 4096] = np.where(batch.valid, values, np.nan)
+    return predictions.mean(axis=0), predictions.std(axis=0)
