@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported after validation, so `--help` and bad options answer at once.
     from methods.data import load_qm9, sample_pool
+    from methods.rl import generate_molecules
     from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
     from methods.surrogates import score_qm9, train_mpnn, train_surrogate
     from thinkers.design import DesignPlan, DesignThinker, request_atom_energies
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
              (compute_atom_energies, {"executors": [QC_EXECUTOR]}),
              (train_surrogate, {"executors": [ML_EXECUTOR]}),
              (train_mpnn, {"executors": [ML_EXECUTOR]}),
+             (generate_molecules, {"executors": [ML_EXECUTOR]}),
              (score_qm9, {"executors": [ML_EXECUTOR]})],
             queues, parsl_config)
         task_server.start()
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             ml_workers=settings.ml_workers, model=settings.model,
             maximize=settings.maximize, seed=settings.seed, units=spec.units,
             acquisition=settings.acquisition, beta=settings.beta, ensemble_size=settings.ensemble_size,
-            mpnn_epochs=settings.mpnn_epochs)
+            mpnn_epochs=settings.mpnn_epochs, generator=settings.generator, rl_episodes=settings.rl_episodes,
+            max_heavy_atoms=settings.max_heavy_atoms)
         thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
         logger.info("Campaign: %s with %s (%s), %d evaluations, %d QC workers", settings.objective,
                     settings.qc_code, settings.method, settings.total_evaluations, settings.qc_workers)

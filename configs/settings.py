@@ -52,6 +52,14 @@ class CampaignSettings(BaseModel):
         "adiabatic",
         description="Ionization energy with a relaxed cation (adiabatic) or at the neutral geometry (vertical)",
     )
+    generator: Literal["pool", "rl"] = Field(
+        "pool",
+        description="Where candidates come from: screening the QM9 pool (pool) or a reinforcement-learning "
+        "agent that edits molecules to maximize the surrogate's prediction (rl)",
+    )
+    max_heavy_atoms: Annotated[int, Field(ge=2, le=30)] = Field(
+        9, description="Largest molecule (heavy atoms) the RL generator may build"
+    )
     model: Literal["gc", "knn", "mpnn"] = Field(
         "gc",
         description="Surrogate: group contributions with Bayesian ridge (gc), k-nearest neighbours "

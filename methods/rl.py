@@ -31,6 +31,8 @@ VALENCE = {"C": 4, "N": 3, "O": 2, "F": 1}
 BOND_ORDERS = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
 FINGERPRINT_BITS = 1024
 MAX_RING_SIZE = 8
+MAX_RINGS_PER_ATOM = 2
+"""Atoms shared by three or more rings make cages that RDKit cannot embed in 3-D (and QM9 rarely has)."""
 
 
 def canonical(mol: Chem.Mol) -> str | None:
@@ -68,7 +70,11 @@ def valid_actions(smiles: str, max_heavy_atoms: int) -> set[str]:
         if len(Chem.GetMolFrags(candidate)) != 1:
             return
         text = canonical(candidate)
-        if text is not None:
+        if text is None:
+            return
+        parsed = Chem.MolFromSmiles(text)  # keep a reference: RingInfo does not own the molecule
+        rings = parsed.GetRingInfo()
+        if all(rings.NumAtomRings(i) <= MAX_RINGS_PER_ATOM for i in range(parsed.GetNumAtoms())):
             results.add(text)
 
     if n_atoms < max_heavy_atoms:  # add an atom, bonded to an existing one
@@ -138,6 +144,7 @@ class RLSettings:
     epsilon_decay: float = 0.95
     epsilon_min: float = 0.05
     replay_size: int = 3000
+    replay_carried: int = 50  # transitions returned with the agent: enough to warm-start, under 1 MB to send
     batch_size: int = 64
     updates_per_step: int = 2
     learning_rate: float = 1e-3
@@ -244,6 +251,7 @@ def run_episodes(
         agent.epsilon = max(settings.epsilon_min, agent.epsilon * settings.epsilon_decay)
         agent.episodes += 1
     agent.weights = [np.asarray(w) for w in network.get_weights()]
+    agent.replay = agent.replay[-settings.replay_carried:]
     return agent, dict(cache), final_rewards
 
 

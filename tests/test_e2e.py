@@ -182,3 +182,23 @@ def test_remote_redis_that_does_not_answer_is_a_clear_error(tmp_path):
     assert result.returncode == 1
     assert "No Redis server answers at 127.0.0.2" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_full_design_loop_rl_generator_mpnn_ensemble_ucb(tmp_path):
+    """--generator rl --model mpnn --acquisition ucb with real xTB: RL and training statistics are recorded."""
+    result, run_dir = campaign(tmp_path, "--generator", "rl", "--model", "mpnn", "--acquisition", "ucb",
+                               "--rl-episodes", "4", "--ensemble-size", "2", "--mpnn-epochs", "5",
+                               "--pool-size", "500", "--initial-count", "6", "--search-size", "8",
+                               "--retrain-after", "4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rl = read_jsonl(run_dir / "rl_records.jsonl")
+    assert rl and all(r["success"] and r["episodes"] == 4 for r in rl)
+    assert rl[-1]["episodes_total"] == 4 * len(rl)  # the agent came back and kept learning
+    assert all(r["valid_fraction"] == 1.0 and r["molecules_proposed"] > 0 for r in rl)
+    training = read_jsonl(run_dir / "training_records.jsonl")
+    assert all(t["model"] == "mpnn" and len(t["members"]) == 2 for t in training)
+    screening = read_jsonl(run_dir / "screening_records.jsonl")
+    assert all(s["generator"] == "rl" and s["acquisition"] == "ucb" for s in screening)
+    records = read_jsonl(run_dir / "simulation_records.jsonl")
+    assert len(records) == 14
+    assert any(r["source"] == "model" for r in records)

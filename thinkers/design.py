@@ -27,7 +27,14 @@ from colmena.thinker import BaseThinker, ResourceCounter, agent, result_processo
 
 from configs.names import ML_TOPIC, SIMULATION_TOPIC
 from methods.acquisition import acquire
-from thinkers.records import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS, RunDirectory, task_timing
+from thinkers.records import (
+    RL_RECORDS,
+    SCREENING_RECORDS,
+    SIMULATION_RECORDS,
+    TRAINING_RECORDS,
+    RunDirectory,
+    task_timing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,9 @@ class DesignPlan:
     beta: float = 1.0
     ensemble_size: int = 4
     mpnn_epochs: int = 64
+    generator: str = "pool"
+    rl_episodes: int = 10
+    max_heavy_atoms: int = 9
 
 
 class DesignThinker(BaseThinker):
@@ -105,10 +115,13 @@ class DesignThinker(BaseThinker):
         self.run_dir = run_dir
         self.pool_smiles = pool_smiles
         self.pool_rows = np.asarray(pool_rows, dtype=np.int64)
+        self._pool_row = {str(pool_smiles[r]): int(r) for r in self.pool_rows}  # generated molecules: -1
         self.qc_args = qc_args
 
         self.task_queue: PriorityQueue[Candidate] = PriorityQueue()
         self.attempted: set[int] = set()  # pool rows submitted to QC (whatever the outcome)
+        self.attempted_smiles: set[str] = set()  # every molecule submitted, generated ones included
+        self.rl_agent: Any = None  # the RL generator's agent, carried from round to round
         self.database: dict[str, float] = {}  # SMILES -> objective value, successful evaluations only
         self.n_submitted = 0
         self.n_done = 0
@@ -162,7 +175,7 @@ class DesignThinker(BaseThinker):
                 item = self.task_queue.get(timeout=0.5)
             except Empty:
                 continue
-            if item.row in self.attempted:
+            if item.smiles in self.attempted_smiles or item.smiles in {c.smiles for c in batch}:
                 continue
             batch.append(item)
             # Pack more waiting candidates into the same task, without waiting for new ones.
@@ -171,14 +184,15 @@ class DesignThinker(BaseThinker):
                     extra = self.task_queue.get_nowait()
                 except Empty:
                     break
-                if extra.row not in self.attempted:
+                if extra.smiles not in self.attempted_smiles and extra.smiles not in {c.smiles for c in batch}:
                     batch.append(extra)
         if not batch:
             self.rec.release("qc", 1)  # shutting down: give the slot back
             return
         with self._state:
             self.n_submitted += len(batch)
-            self.attempted.update(c.row for c in batch)
+            self.attempted.update(c.row for c in batch if c.row >= 0)
+            self.attempted_smiles.update(c.smiles for c in batch)
         self.queues.send_inputs(
             [c.smiles for c in batch],
             *self.qc_args,
@@ -261,7 +275,11 @@ class DesignThinker(BaseThinker):
 
     @agent
     def generate(self) -> None:
-        """Train → score the unevaluated pool → push the best as the newest batch; repeat as data arrives."""
+        """Train, propose, rank, push; repeat as data arrives.
+
+        Proposals come from screening the pool or from the RL agent; the acquisition function ranks them,
+        and the best become the newest batch of the task queue.
+        """
         while self._wait_for_new_data():
             with self._state:
                 smiles, values = list(self.database), list(self.database.values())
@@ -272,26 +290,15 @@ class DesignThinker(BaseThinker):
             if model is None:
                 continue
 
-            with self._state:
-                attempted = np.fromiter(self.attempted, dtype=np.int64)
-            unseen = self.pool_rows[~np.isin(self.pool_rows, attempted)]
-            if len(unseen) == 0:
-                self.logger.info("Every molecule of the pool has been attempted; nothing left to score")
+            if self.plan.generator == "rl":
+                candidates = self._propose_with_rl(model)
+            else:
+                candidates = self._screen_pool(model)
+            if candidates is None:
                 return
-            # One task per ML worker, and none too large for the queues (QM9 alone is 130k molecules).
-            n_chunks = max(self.plan.ml_workers, -(-len(unseen) // SCORE_CHUNK))
-            chunks = np.array_split(unseen, min(n_chunks, len(unseen)))
-            for chunk in chunks:
-                self.queues.send_inputs(model, chunk, method="score_qm9", topic=ML_TOPIC,
-                                        task_info={"first_row": int(chunk[0])})
-            scored = self._wait_for_ml(len(chunks))
-            failed = [r for r in scored if not r.success]
-            if failed:
-                self.logger.error("Scoring failed: %s", failed[0].failure_info.exception if failed[0].failure_info
-                                  else "unknown")
+            smiles_list, means, stds = candidates
+            if len(smiles_list) == 0:
                 continue
-            rows = np.concatenate(chunks)
-            means, stds = self._ordered_predictions(chunks, scored)
             with self._state:
                 best_value = self.best[1] if self.best else None
             scores = self._acquisition_scores(means, stds, best_value)
@@ -299,25 +306,25 @@ class DesignThinker(BaseThinker):
             batch = next(self._batches)
             chosen = []
             for index in order:
-                row = int(rows[index])
-                if row in self.attempted:
-                    continue  # rows still waiting from older batches are queued again, at this batch's rank
-                chosen.append((row, float(means[index]), float(stds[index]) if stds is not None else None))
+                smiles_text = str(smiles_list[index])
+                if smiles_text in self.attempted_smiles:
+                    continue  # molecules still waiting from older batches are queued again, at this batch's rank
+                chosen.append((smiles_text, float(means[index]), float(stds[index]) if stds is not None else None))
                 if len(chosen) >= self.plan.generate_size:
                     break
-            for rank, (row, mean, _) in enumerate(chosen):
-                self.task_queue.put(candidate(str(self.pool_smiles[row]), row, batch, rank, mean))
+            for rank, (smiles_text, mean, _) in enumerate(chosen):
+                self.task_queue.put(candidate(smiles_text, self._pool_row.get(smiles_text, -1), batch, rank, mean))
             self.run_dir.records(SCREENING_RECORDS).write({
-                "batch": batch, "n_train": len(smiles), "n_scored": len(rows), "n_queued": len(chosen),
+                "batch": batch, "generator": self.plan.generator, "n_train": len(smiles),
+                "n_scored": len(smiles_list), "n_queued": len(chosen),
                 "best_predicted": chosen[0][1] if chosen else None,
                 "acquisition": self.plan.acquisition,
-                "top": [{"smiles": str(self.pool_smiles[r]), "mean": m, "std": s} for r, m, s in chosen[:10]],
+                "top": [{"smiles": t, "mean": m, "std": s} for t, m, s in chosen[:10]],
                 "round_time": time.monotonic() - round_start,
-                "scoring_time_running": [r.time.running for r in scored],
             })
             logger.info("Batch %d: trained on %d, scored %d, queued %d (best predicted %.3f) in %.1f s",
-                             batch, len(smiles), len(rows), len(chosen), chosen[0][1] if chosen else float("nan"),
-                             time.monotonic() - round_start)
+                        batch, len(smiles), len(smiles_list), len(chosen), chosen[0][1] if chosen else float("nan"),
+                        time.monotonic() - round_start)
 
     def _acquisition_scores(self, means: np.ndarray, stds: np.ndarray | None, best: float | None) -> np.ndarray:
         """Rank by the chosen acquisition; models without an uncertainty fall back to greedy (with a warning)."""
@@ -329,6 +336,60 @@ class DesignThinker(BaseThinker):
                 self._warned_no_std = True
             name = "greedy"
         return acquire(name, means, stds, maximize=self.plan.maximize, best=best, beta=self.plan.beta)
+
+    def _screen_pool(self, model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """Score every unevaluated pool molecule: SMILES, means, stds (None once the pool is exhausted)."""
+        with self._state:
+            attempted = np.fromiter(self.attempted, dtype=np.int64)
+        unseen = self.pool_rows[~np.isin(self.pool_rows, attempted)]
+        if len(unseen) == 0:
+            self.logger.info("Every molecule of the pool has been attempted; nothing left to score")
+            return None
+        # One task per ML worker, and none too large for the queues (QM9 alone is 130k molecules).
+        n_chunks = max(self.plan.ml_workers, -(-len(unseen) // SCORE_CHUNK))
+        chunks = np.array_split(unseen, min(n_chunks, len(unseen)))
+        for chunk in chunks:
+            self.queues.send_inputs(model, chunk, method="score_qm9", topic=ML_TOPIC,
+                                    task_info={"first_row": int(chunk[0])})
+        scored = self._wait_for_ml(len(chunks))
+        failed = [r for r in scored if not r.success]
+        if failed:
+            self.logger.error("Scoring failed: %s",
+                              failed[0].failure_info.exception if failed[0].failure_info else "unknown")
+            return np.array([], dtype=str), np.zeros(0), None
+        means, stds = self._ordered_predictions(chunks, scored)
+        return self.pool_smiles[np.concatenate(chunks)], means, stds
+
+    def _propose_with_rl(self, model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Run the RL agent against the current surrogate; its new molecules become the candidates.
+
+        The agent (weights, exploration rate, recent experience) lives here between rounds: the task
+        takes it and gives it back updated, so it keeps learning across the campaign.
+        """
+        with self._state:
+            exclude = sorted(self.attempted_smiles)
+            ranked = sorted(self.database.items(), key=lambda kv: kv[1], reverse=self.plan.maximize)
+        starts = ["C"] + [smiles for smiles, _ in ranked[:3]]  # grow from scratch, and edit the best found
+        self.queues.send_inputs(
+            self.rl_agent, model, self.plan.rl_episodes, self.plan.maximize, exclude,
+            method="generate_molecules", topic=ML_TOPIC,
+            input_kwargs={"n_propose": 2 * self.plan.generate_size, "max_heavy_atoms": self.plan.max_heavy_atoms,
+                          "start_smiles": starts, "seed": self.plan.seed + self._round},
+        )
+        result = self._wait_for_ml(1)[0]
+        record: dict[str, Any] = {"round": self._round, "success": result.success, **task_timing(result)}
+        if not result.success:
+            record["failure_reason"] = result.failure_info.exception if result.failure_info else "unknown"
+            self.run_dir.records(RL_RECORDS).write(record)
+            self.logger.error("RL generation failed: %s", record["failure_reason"])
+            return np.array([], dtype=str), np.zeros(0), None
+        proposals, self.rl_agent, stats = result.value
+        self.run_dir.records(RL_RECORDS).write({**record, **stats,
+                                                "top": proposals[:10]})
+        smiles = np.array([p["smiles"] for p in proposals], dtype=str)
+        means = np.array([p["mean"] for p in proposals], dtype=float)
+        stds = None if any(p["std"] is None for p in proposals) else np.array([p["std"] for p in proposals])
+        return smiles, means, stds
 
     def _train(self, smiles: list[str], values: list[float]) -> Any | None:
         """Train the surrogate on every successful result, as one ``ml`` task or one task per ensemble member.

@@ -24,6 +24,7 @@ from colmena.models import Result
 SIMULATION_RECORDS = "simulation_records.jsonl"
 SCREENING_RECORDS = "screening_records.jsonl"
 TRAINING_RECORDS = "training_records.jsonl"
+RL_RECORDS = "rl_records.jsonl"
 
 
 def _jsonable(value: Any) -> Any:
