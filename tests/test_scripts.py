@@ -50,3 +50,14 @@ def test_bench_search_tiny():
     assert data["recall_curve_mean"]["1"] == data["recall_mean"]
     # A budget of 80 out of 3000 finds the top-10 far better than chance (expected 0.27 at random).
     assert data["recall_mean"] > data["recall_random"]
+
+
+@pytest.mark.timeout(400)
+def test_bench_models_tiny():
+    data = run_script("scripts/bench_models.py", "--n-train", "60", "--n-test", "40", "--ensemble-size", "2",
+                      "--epochs", "3", "--episodes", "2")
+    assert data["baseline_mae"] > 0
+    for name in ("gc", "knn", "mpnn"):
+        assert data[name]["mae"] > 0
+    assert len(data["mpnn"]["member_train_s"]) == 2
+    assert data["rl"]["episodes"] == 2 and data["rl"]["round_s"] > 0

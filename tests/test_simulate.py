@@ -100,3 +100,22 @@ def test_qcengine_yml_scratch_setting_changes_where_nwchem_runs(tmp_path):
     written = list(scratch.rglob("*"))
     assert any(p.is_file() for p in written), "NWChem wrote nothing in the configured scratch directory"
     assert not (tmp_path / "run" / "qc-scratch").exists() or not any((tmp_path / "run" / "qc-scratch").iterdir())
+
+
+@needs_nwchem
+def test_dft_with_mpi_settings_from_qcengine_yml(tmp_path):
+    """B3LYP/3-21G through NWChem, launched with the MPI command of qcengine.yml when a task has 2 cores."""
+    import re
+
+    from methods.chem import embed
+    from methods.simulate import run_qcengine
+
+    config_file = tmp_path / "qcengine.yml"
+    config_file.write_text("local:\n  ncores: 2\n  memory: 1\n  use_mpiexec: true\n"
+                           '  mpiexec_command: "mpirun --allow-run-as-root --oversubscribe -n {total_ranks}"\n')
+    task_config = load_qc_config(config_file, "local").task_config(tmp_path / "run")
+    spec = QCSpec(objective="ionization-energy", ie_type="vertical", code="nwchem", method="b3lyp", basis="3-21g")
+    result = run_qcengine(embed("O"), 1, 2, "energy", spec, task_config)
+    assert re.search(r"nproc\s*=\s*2\b", result.stdout), "NWChem did not run on 2 MPI ranks"
+    record = evaluate_molecule("O", spec, task_config)
+    assert record.success and record.value > 0, record.failure_reason
