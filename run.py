@@ -198,15 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
             logger.info("Reference atom energies (Hartree): %s", atom_energies)
 
-        plan = DesignPlan(
-            total_evaluations=settings.total_evaluations, initial_count=settings.initial_count,
-            parallel_guesses=settings.parallel_guesses, qc_batch=settings.qc_batch,
-            generate_size=settings.generate_size, retrain_after=settings.retrain_after,
-            ml_workers=settings.ml_workers, model=settings.model,
-            maximize=settings.maximize, seed=settings.seed, units=spec.units,
-            acquisition=settings.acquisition, beta=settings.beta, ensemble_size=settings.ensemble_size,
-            mpnn_epochs=settings.mpnn_epochs, generator=settings.generator, rl_episodes=settings.rl_episodes,
-            max_heavy_atoms=settings.max_heavy_atoms)
+        plan = DesignPlan.from_settings(settings, units=spec.units)
         thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
         logger.info("Campaign: %s with %s (%s), %d evaluations, %d QC workers", settings.objective,
                     settings.qc_code, settings.method, settings.total_evaluations, settings.qc_workers)

@@ -39,9 +39,11 @@ def redis_answers(host: str, port: int, password: str | None, timeout: float = 1
     try:
         return bool(client.ping())
     except redis.exceptions.AuthenticationError as exc:
+        problem = "requires a password: pass --redis-password" if password is None \
+            else "refuses that password (--redis-password)"
         raise ServiceError(
-            f"The Redis server at {host}:{port} requires a different password (--redis-password), "
-            "or choose a free --redis-port and molsteer will start its own server there"
+            f"The Redis server at {host}:{port} {problem}, or choose a free --redis-port "
+            "and molsteer will start its own server there"
         ) from exc
     except redis.exceptions.ResponseError as exc:
         if "NOAUTH" in str(exc):
@@ -141,10 +143,16 @@ class AuthRedisQueues(RedisQueues):
         super().__init__(*args, **kwargs)
 
     def connect(self) -> None:
-        """Connect with the password; the queue re-connects this way after being pickled to another process."""
+        """Connect with the password; the queue re-connects this way after being pickled to another process.
+
+        ``socket_timeout=None``: redis-py 8 gives every socket a 5 s read timeout by default, but Colmena's task
+        server waits for the next request with a blocking ``BLPOP`` that may rightly last minutes (every slot
+        busy with NWChem). With the default, that wait dies with ``TimeoutError`` and takes the task server with it.
+        """
         if not self.redis_client:
             self.redis_client = redis.StrictRedis(host=self.hostname, port=self.port, password=self.password,
-                                                  decode_responses=True)
+                                                  decode_responses=True, socket_timeout=None,
+                                                  socket_connect_timeout=10)
             self.redis_client.ping()
 
 

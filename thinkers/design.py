@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from queue import Empty, PriorityQueue
 from typing import Any
 
@@ -86,6 +86,13 @@ class DesignPlan:
     rl_episodes: int = 10
     max_heavy_atoms: int = 9
 
+    @classmethod
+    def from_settings(cls, settings: Any, units: str) -> DesignPlan:
+        """Take every field of the same name from validated campaign settings (``configs.settings``)."""
+        names = {f.name for f in fields(cls)} - {"total_evaluations", "units"}
+        return cls(total_evaluations=settings.total_evaluations, units=units,
+                   **{name: getattr(settings, name) for name in names})
+
 
 class DesignThinker(BaseThinker):
     """Screens a pool of molecules with a surrogate and spends a fixed QC budget on the most promising ones."""
@@ -134,6 +141,7 @@ class DesignThinker(BaseThinker):
         self._batches = itertools.count()
 
         self._done_at_training = 0
+        self._warned_no_std = False
         self._rng = np.random.default_rng(plan.seed)
         self._enqueue_random(plan.initial_count)
 
@@ -330,7 +338,7 @@ class DesignThinker(BaseThinker):
         """Rank by the chosen acquisition; models without an uncertainty fall back to greedy (with a warning)."""
         name = self.plan.acquisition
         if name != "greedy" and stds is None:
-            if not getattr(self, "_warned_no_std", False):
+            if not self._warned_no_std:
                 self.logger.warning("Model %s gives no uncertainty: --acquisition %s falls back to greedy",
                                     self.plan.model, name)
                 self._warned_no_std = True
