@@ -81,8 +81,9 @@ class CampaignSettings(BaseModel):
     initial_count: Annotated[int, Field(gt=0)] = Field(
         32, description="Random QM9 molecules evaluated first, to train the first model"
     )
-    parallel_guesses: Annotated[int, Field(gt=0)] = Field(
-        4, description="QC tasks kept in flight at all times (more than --qc-workers keeps workers busy)"
+    parallel_guesses: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="QC tasks kept in flight at all times (default: twice --qc-workers, so every worker "
+        "has its next task waiting)"
     )
     qc_batch: Annotated[int, Field(gt=0)] = Field(
         1, description="Molecules packed into one QC task (raise it when single QC tasks are very short)"
@@ -121,6 +122,8 @@ class CampaignSettings(BaseModel):
     def _fill_method_defaults(self) -> CampaignSettings:
         """Pick the code's default level of theory and direction, so the saved parameters say what ran."""
         objective = parse_objective(self.objective)  # raises ValueError with the reason
+        if self.parallel_guesses is None:
+            self.parallel_guesses = 2 * self.qc_workers
         if objective.column is not None and self.qc_code != "qm9":
             raise ValueError(f"--objective {self.objective} is a QM9 column: it needs --qc-code qm9")
         if self.maximize is None:

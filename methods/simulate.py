@@ -176,14 +176,12 @@ class QCEngineCalculator(Calculator):
         self.charge = charge
         self.multiplicity = multiplicity
         self.task_config = task_config
-        self.last_result: qcel.models.AtomicResult | None = None
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         """Fill ``results`` with energy (eV) and forces (eV/Å) from one QCEngine gradient."""
         super().calculate(atoms, properties, system_changes)
         structure = Structure(tuple(self.atoms.get_chemical_symbols()), self.atoms.get_positions())
         result = run_qcengine(structure, self.charge, self.multiplicity, "gradient", self.spec, self.task_config)
-        self.last_result = result
         gradient = np.asarray(result.return_result).reshape(-1, 3)
         self.results["energy"] = float(result.properties.return_energy) * HARTREE_TO_EV
         self.results["forces"] = -gradient * HARTREE_TO_EV / BOHR_TO_ANGSTROM
