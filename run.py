@@ -132,6 +132,10 @@ def host_info() -> dict:
     }
 
 
+class TaskServerLost(RuntimeError):
+    """The task server process died while the campaign still needed it."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM (from a batch scheduler or `kill`) takes the same clean shutdown path as Ctrl+C."""
     raise KeyboardInterrupt
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
 
     start = time.monotonic()
-    redis_server = task_server = queues = None
+    redis_server = task_server = queues = thinker = None
+    reason = "run stopped by an error"
     status = 1
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -206,16 +211,28 @@ def main(argv: list[str] | None = None) -> int:
         try:
             while thinker.is_alive():
                 thinker.join(timeout=0.5)
+                if not task_server.is_alive():  # without it no result can ever come back: stop, don't hang
+                    raise TaskServerLost(f"the task server stopped unexpectedly (exit code {task_server.exitcode}); "
+                                         f"see {run_dir.path / 'runtime.log'}")
         finally:
             thinker.done.set()
         status = 0
     except KeyboardInterrupt:
         logger.warning("Interrupted: shutting down")
         status = 130
+        reason = "run interrupted"
+    except TaskServerLost as exc:
+        logger.error("%s", exc)
+        status = 1
+        reason = "task server lost"
     except (ServiceError, SettingsError, RuntimeError) as exc:
         logger.error("%s", exc)
         status = 1
     finally:
+        if thinker is not None and status != 0:
+            abandoned = thinker.abandon_in_flight(reason)
+            if abandoned:
+                logger.warning("%d molecules were out at QC and are recorded as not finished", abandoned)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if task_server is not None:
             try:

@@ -202,3 +202,36 @@ def test_full_design_loop_rl_generator_mpnn_ensemble_ucb(tmp_path):
     records = read_jsonl(run_dir / "simulation_records.jsonl")
     assert len(records) == 14
     assert any(r["source"] == "model" for r in records)
+
+
+def test_lost_task_server_stops_the_run_and_records_what_was_out(tmp_path):
+    """If the task server dies (OOM killer, crash), run.py says so, records the molecules that were out, stops."""
+    before = service_pids()
+    port = free_port()
+    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port),
+               "--search-size", "500"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            found = list(tmp_path.glob("*/simulation_records.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= 2:
+                break
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.5)
+        servers = [c for c in psutil.Process(process.pid).children() if "run.py" in " ".join(c.cmdline())]
+        assert len(servers) == 1, servers
+        servers[0].kill()
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, output[-3000:]
+    assert "task server stopped unexpectedly" in output
+    assert_nothing_left(before, tmp_path, port)
+    run_dir = found[0].parent
+    records = read_jsonl(run_dir / "simulation_records.jsonl")
+    abandoned = [r for r in records if r.get("abandoned")]
+    assert abandoned and all(r["failure_reason"] == "not finished: task server lost" for r in abandoned)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["abandoned"] == len(abandoned) and summary["exit_status"] == 1

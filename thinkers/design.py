@@ -129,6 +129,7 @@ class DesignThinker(BaseThinker):
         self.attempted: set[int] = set()  # pool rows submitted to QC (whatever the outcome)
         self.attempted_smiles: set[str] = set()  # every molecule submitted, generated ones included
         self.rl_agent: Any = None  # the RL generator's agent, carried from round to round
+        self.in_flight: dict[int, list[dict[str, Any]]] = {}  # QC tasks sent and not yet returned
         self.database: dict[str, float] = {}  # SMILES -> objective value, successful evaluations only
         self.n_submitted = 0
         self.n_done = 0
@@ -197,19 +198,20 @@ class DesignThinker(BaseThinker):
         if not batch:
             self.rec.release("qc", 1)  # shutting down: give the slot back
             return
+        candidates = [{"smiles": c.smiles, "row": c.row, "batch": c.batch, "rank": c.rank, "score": c.score}
+                      for c in batch]
         with self._state:
             self.n_submitted += len(batch)
             self.attempted.update(c.row for c in batch if c.row >= 0)
             self.attempted_smiles.update(c.smiles for c in batch)
+            submission = self.n_submitted
+            self.in_flight[submission] = candidates
         self.queues.send_inputs(
             [c.smiles for c in batch],
             *self.qc_args,
             method="evaluate_molecules",
             topic=SIMULATION_TOPIC,
-            task_info={"candidates": [
-                {"smiles": c.smiles, "row": c.row, "batch": c.batch, "rank": c.rank, "score": c.score}
-                for c in batch
-            ]},
+            task_info={"candidates": candidates, "submission": submission},
         )
 
     @result_processor(topic=SIMULATION_TOPIC)
@@ -217,6 +219,8 @@ class DesignThinker(BaseThinker):
         """Record every molecule of a finished QC task, success or failure, and free its slot."""
         self.rec.release("qc", 1)
         candidates = result.task_info["candidates"]
+        with self._state:
+            self.in_flight.pop(result.task_info["submission"], None)
         if result.success:
             outcomes = result.value
         else:  # the whole task failed (worker lost, crash outside a molecule): each molecule failed with it
@@ -248,6 +252,23 @@ class DesignThinker(BaseThinker):
         if n_done >= self.plan.total_evaluations:
             logger.info("QC budget spent; stopping")
             self.done.set()
+
+    def abandon_in_flight(self, reason: str) -> int:
+        """Record every molecule still out at QC as not evaluated, with the reason; returns how many.
+
+        Called when the run stops before their results come back (interrupt, task server lost), so the
+        records say exactly which molecules were sent and never finished instead of dropping them.
+        """
+        self.done.set()
+        with self._state:
+            pending = [c for candidates in self.in_flight.values() for c in candidates]
+            self.in_flight.clear()
+        writer = self.run_dir.records(SIMULATION_RECORDS)
+        for info in pending:
+            writer.write({"smiles": info["smiles"], "success": False, "value": None, "abandoned": True,
+                          "failure_reason": f"not finished: {reason}", **info,
+                          "source": "initial" if info["batch"] == INITIAL_BATCH else "model"})
+        return len(pending)
 
     # --- generator: retrain, score, push -------------------------------------------------------------
 

@@ -165,7 +165,8 @@ def qc_utilization(records: list[dict[str, Any]], n_workers: int) -> dict[str, f
 
 def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: float | None) -> dict[str, Any]:
     """The end-of-run summary, computed from the records alone (so it can be rebuilt for any run)."""
-    records = run_dir.read_records(SIMULATION_RECORDS)
+    everything = run_dir.read_records(SIMULATION_RECORDS)
+    records = [r for r in everything if not r.get("abandoned")]
     successes = [r for r in records if r.get("success")]
     failures = [r for r in records if not r.get("success")]
     best = sorted(successes, key=lambda r: r["value"], reverse=maximize)[:10]
@@ -176,6 +177,7 @@ def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: 
     qc_times = sorted(r["timings"]["total"] for r in successes if r.get("timings", {}).get("total") is not None)
     return {
         "evaluations": len(records),
+        "abandoned": len(everything) - len(records),  # sent to QC, never finished (run stopped first)
         "successes": len(successes),
         "failures": len(failures),
         "failure_reasons": reasons,
