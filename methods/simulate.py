@@ -24,6 +24,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS
 from pydantic import BaseModel, ConfigDict, Field
+from qcelemental.models import v2 as qcv2
 
 from methods.chem import SUPPORTED_ELEMENTS, MoleculeError, Structure, element_counts, embed
 from methods.data import QM9_ATOM_REFERENCE_U0, qm9_row
@@ -115,8 +116,8 @@ def _model(spec: QCSpec) -> dict[str, str]:
     return model
 
 
-def _molecule(structure: Structure, charge: int, multiplicity: int) -> qcel.models.Molecule:
-    return qcel.models.Molecule(
+def _molecule(structure: Structure, charge: int, multiplicity: int, schema=qcel.models) -> Any:
+    return schema.Molecule(
         symbols=list(structure.symbols),
         geometry=np.asarray(structure.positions) / BOHR_TO_ANGSTROM,
         molecular_charge=charge,
@@ -140,6 +141,21 @@ def spec_error_type(error: Any) -> str:
     return str(getattr(error, "error_type", "unknown_error"))
 
 
+def _atomic_input(structure: Structure, charge: int, multiplicity: int, driver: str, spec: QCSpec) -> Any:
+    """A QCSchema v2 input: QCEngine's native schema, so no conversion is paid on every call."""
+    return qcv2.AtomicInput(
+        molecule=_molecule(structure, charge, multiplicity, schema=qcv2),
+        specification={"driver": driver, "model": _model(spec), "keywords": _keywords(spec, multiplicity)},
+    )
+
+
+def _compute(atomic_input: Any, spec: QCSpec, task_config: dict[str, Any]) -> Any:
+    result = qcng.compute(atomic_input, spec.code, raise_error=False, task_config=task_config)
+    if not getattr(result, "success", False):
+        raise QCFailure(_failure_reason(result))
+    return result
+
+
 def run_qcengine(
     structure: Structure,
     charge: int,
@@ -147,22 +163,13 @@ def run_qcengine(
     driver: Literal["energy", "gradient"],
     spec: QCSpec,
     task_config: dict[str, Any],
-) -> qcel.models.AtomicResult:
-    """One QCEngine single point.
+) -> Any:
+    """One QCEngine single point; returns QCEngine's ``AtomicResult``.
 
     Raises:
         QCFailure: QCEngine reports a failure (SCF not converged, program crashed …), with its reason.
     """
-    atomic_input = qcel.models.AtomicInput(
-        molecule=_molecule(structure, charge, multiplicity),
-        driver=driver,
-        model=_model(spec),
-        keywords=_keywords(spec, multiplicity),
-    )
-    result = qcng.compute(atomic_input, spec.code, raise_error=False, task_config=task_config)
-    if not getattr(result, "success", False):
-        raise QCFailure(_failure_reason(result))
-    return result
+    return _compute(_atomic_input(structure, charge, multiplicity, driver, spec), spec, task_config)
 
 
 class QCEngineCalculator(Calculator):
@@ -176,12 +183,18 @@ class QCEngineCalculator(Calculator):
         self.charge = charge
         self.multiplicity = multiplicity
         self.task_config = task_config
+        self._template: Any = None  # validated once; each step copies it with new coordinates
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         """Fill ``results`` with energy (eV) and forces (eV/Å) from one QCEngine gradient."""
         super().calculate(atoms, properties, system_changes)
-        structure = Structure(tuple(self.atoms.get_chemical_symbols()), self.atoms.get_positions())
-        result = run_qcengine(structure, self.charge, self.multiplicity, "gradient", self.spec, self.task_config)
+        if self._template is None:
+            structure = Structure(tuple(self.atoms.get_chemical_symbols()), self.atoms.get_positions())
+            self._template = _atomic_input(structure, self.charge, self.multiplicity, "gradient", self.spec)
+        # Re-validating the molecule costs a fifth of an xTB step; only the coordinates change.
+        molecule = self._template.molecule.model_copy(
+            update={"geometry": self.atoms.get_positions() / BOHR_TO_ANGSTROM})
+        result = _compute(self._template.model_copy(update={"molecule": molecule}), self.spec, self.task_config)
         gradient = np.asarray(result.return_result).reshape(-1, 3)
         self.results["energy"] = float(result.properties.return_energy) * HARTREE_TO_EV
         self.results["forces"] = -gradient * HARTREE_TO_EV / BOHR_TO_ANGSTROM
