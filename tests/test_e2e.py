@@ -148,24 +148,29 @@ def test_atomization_campaign_with_batched_tasks(tmp_path):
     assert max(sum(1 for r in records if r["task_id"] == t) for t in {r["task_id"] for r in records}) == 2
 
 
+def start_long_campaign(tmp_path: Path, port: int, min_records: int) -> tuple[subprocess.Popen, Path]:
+    """Start a long default campaign and return once it has recorded ``min_records`` QC results."""
+    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port),
+               "--search-size", "500"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        found = list(tmp_path.glob("*/simulation_records.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= min_records:
+            return process, found[0]
+        if process.poll() is not None:
+            raise AssertionError(process.stdout.read())
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"no {min_records} QC results within 300 s")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_stops_everything_and_keeps_records(tmp_path, signum):
     before = service_pids()
     port = free_port()
-    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port),
-               "--search-size", "500"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process, records = start_long_campaign(tmp_path, port, min_records=3)
     try:
-        deadline = time.monotonic() + 300
-        records = None
-        while time.monotonic() < deadline:
-            found = list(tmp_path.glob("*/simulation_records.jsonl"))
-            if found and len(found[0].read_text().splitlines()) >= 3:
-                records = found[0]
-                break
-            assert process.poll() is None, process.stdout.read()
-            time.sleep(0.5)
-        assert records is not None, "no QC result within 300 s"
         process.send_signal(signum)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -208,17 +213,8 @@ def test_lost_task_server_stops_the_run_and_records_what_was_out(tmp_path):
     """If the task server dies (OOM killer, crash), run.py says so, records the molecules that were out, stops."""
     before = service_pids()
     port = free_port()
-    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port),
-               "--search-size", "500"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process, records_file = start_long_campaign(tmp_path, port, min_records=2)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            found = list(tmp_path.glob("*/simulation_records.jsonl"))
-            if found and len(found[0].read_text().splitlines()) >= 2:
-                break
-            assert process.poll() is None, process.stdout.read()
-            time.sleep(0.5)
         servers = [c for c in psutil.Process(process.pid).children() if "run.py" in " ".join(c.cmdline())]
         assert len(servers) == 1, servers
         servers[0].kill()
@@ -229,7 +225,7 @@ def test_lost_task_server_stops_the_run_and_records_what_was_out(tmp_path):
     assert process.returncode == 1, output[-3000:]
     assert "task server stopped unexpectedly" in output
     assert_nothing_left(before, tmp_path, port)
-    run_dir = found[0].parent
+    run_dir = records_file.parent
     records = read_jsonl(run_dir / "simulation_records.jsonl")
     abandoned = [r for r in records if r.get("abandoned")]
     assert abandoned and all(r["failure_reason"] == "not finished: task server lost" for r in abandoned)
