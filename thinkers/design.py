@@ -220,7 +220,8 @@ class DesignThinker(BaseThinker):
         self.rec.release("qc", 1)
         candidates = result.task_info["candidates"]
         with self._state:
-            self.in_flight.pop(result.task_info["submission"], None)
+            if self.in_flight.pop(result.task_info["submission"], None) is None:
+                return  # already recorded as not finished when the run was stopped
         if result.success:
             outcomes = result.value
         else:  # the whole task failed (worker lost, crash outside a molecule): each molecule failed with it
