@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -290,8 +291,12 @@ def compute_atom_energies(
     return energies
 
 
+@lru_cache(maxsize=4)
 def qm9_objective_values(objective: str) -> np.ndarray:
     """QM9's own B3LYP/6-31G(2df,p) value of the objective for every QM9 molecule (QM9 row order).
+
+    Cached per objective: a lookup-mode campaign asks for one value per molecule, thousands of times.
+    The array is shared, so callers must not modify it.
 
     Ionization energy is Koopmans' −HOMO (eV); atomization energy is U0 minus QM9's atomic U0 (eV); a
     ``qm9:<column>`` objective is the column as stored.
