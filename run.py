@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Run a molecular-design campaign: parse → run directory → Redis, task server, thinker → start → join → shut down.
+"""Run a campaign: parse → run directory → Redis, task server, thinker → start → join → shut down.
 
-This file is wiring only. What runs on workers lives in ``methods/``, the steering in ``thinkers/``, and the
+``python run.py [design] [options]`` runs the molecular-design campaign (the default), ``python run.py forcefield
+[options]`` the forcefield campaign. This file is wiring only: each campaign's ``assemble`` (in ``thinkers/``)
+turns its validated settings into task-server methods and a thinker, and everything else is done here the same
+way for every campaign. What runs on workers lives in ``methods/``, the steering in ``thinkers/``, and the
 Parsl sites and validated settings in ``configs/``. Whatever happens (normal end, error, Ctrl+C), every
 process the run started — redis-server, the Parsl interchange and workers — is stopped before it exits.
 """
@@ -9,6 +12,7 @@ process the run started — redis-server, the Parsl interchange and workers — 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -27,15 +31,25 @@ import psutil
 from colmena.task_server import ParslTaskServer
 from pydantic import ValidationError
 
-from configs.names import ML_EXECUTOR, QC_EXECUTOR, TOPICS
 from configs.services import AuthRedisQueues, ServiceError, become_subreaper, connect_redis, stop_descendants
-from configs.settings import CampaignSettings, SettingsError, load_qc_config
+from configs.settings import CampaignSettings, CommonSettings, ForcefieldSettings, SettingsError, load_qc_config
 from configs.sites import SITES, SiteOptions
-from thinkers.records import RunDirectory, summarize
+from thinkers.records import RunDirectory
 
 logger = logging.getLogger("molsteer")
-PROGRESS_LOGGERS = ("molsteer", "thinkers.design", "configs.services")
+PROGRESS_LOGGERS = ("molsteer", "thinkers.design", "thinkers.forcefield", "configs.services")
 """Loggers whose INFO messages the terminal shows; everything else goes to runtime.log (warnings go to both)."""
+
+CAMPAIGNS: dict[str, tuple[type[CommonSettings], str, str]] = {
+    "design": (CampaignSettings, "thinkers.design",
+               "Find molecules with the largest ionization energy or smallest atomization energy, spending quantum "
+               "chemistry where a surrogate model says it matters most. (Other campaign: run.py forcefield --help)"),
+    "forcefield": (ForcefieldSettings, "thinkers.forcefield",
+                   "Train an ensemble of machine-learned interatomic potentials where molecular dynamics with the "
+                   "model goes, spending quantum chemistry only where the ensemble disagrees or audits fail."),
+}
+"""Campaign name → its settings (the CLI is generated from them), its assembly module, and its description."""
+DEFAULT_CAMPAIGN = "design"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,14 +59,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI, generated from :class:`CampaignSettings` so options, defaults and help never drift apart."""
-    parser = OneLineParser(
-        description="Find molecules with the largest ionization energy or smallest atomization energy, "
-        "spending quantum chemistry where a surrogate model says it matters most.",
-    )
-    defaults = CampaignSettings()
-    for name, info in CampaignSettings.model_fields.items():
+def build_parser(campaign: str = DEFAULT_CAMPAIGN) -> argparse.ArgumentParser:
+    """The CLI of one campaign, generated from its settings so options, defaults and help never drift apart."""
+    settings_class, _, description = CAMPAIGNS[campaign]
+    prog = "run.py" if campaign == DEFAULT_CAMPAIGN else f"run.py {campaign}"
+    parser = OneLineParser(prog=prog, description=description)
+    defaults = settings_class()
+    for name, info in settings_class.model_fields.items():
         annotation = info.annotation
         if name == "maximize":  # a direction, spelled as two flags
             direction = parser.add_mutually_exclusive_group()
@@ -69,20 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["choices"] = typing.get_args(annotation)
         elif origin is typing.Annotated:
             kwargs["type"] = typing.get_args(annotation)[0]
+        elif origin is list:
+            kwargs["nargs"] = "+"
+            kwargs["type"] = typing.get_args(annotation)[0]
         elif annotation in (int, float, Path, str):
             kwargs["type"] = annotation
         if "default" not in info.description:
-            kwargs["help"] += f" (default: {getattr(defaults, name)})"
+            default = getattr(defaults, name)
+            kwargs["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
     return parser
 
 
-def parse_settings(argv: list[str] | None) -> tuple[CampaignSettings, argparse.ArgumentParser]:
+def split_campaign(argv: list[str]) -> tuple[str, list[str]]:
+    """The campaign named first on the command line (``design`` when none is), and the remaining arguments."""
+    if argv and argv[0] in CAMPAIGNS:
+        return argv[0], argv[1:]
+    return DEFAULT_CAMPAIGN, argv
+
+
+def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argparse.ArgumentParser]:
     """Parse and validate; invalid values exit with status 2 and one line naming the option."""
-    parser = build_parser()
+    campaign, argv = split_campaign(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser(campaign)
     given = vars(parser.parse_args(argv))
     try:
-        return CampaignSettings(**given), parser
+        return campaign, CAMPAIGNS[campaign][0](**given), parser
     except ValidationError as exc:
         error = exc.errors()[0]
         where = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
@@ -143,70 +168,43 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one campaign; returns the process exit status."""
-    settings, parser = parse_settings(argv)
+    campaign, settings, parser = parse_settings(argv)
     try:
         qc_machine = load_qc_config(settings.qc_config, settings.site)
     except SettingsError as exc:
         parser.error(str(exc))
 
     # Imported after validation, so `--help` and bad options answer at once.
-    from methods.data import load_qm9, sample_pool
-    from methods.rl import generate_molecules
-    from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
-    from methods.surrogates import score_qm9, train_mpnn, train_surrogate
-    from thinkers.design import DesignPlan, DesignThinker, request_atom_energies
+    assemble = importlib.import_module(CAMPAIGNS[campaign][1]).assemble
 
-    run_dir = RunDirectory.create(settings.runs_dir, settings.model_dump(mode="json"))
+    run_dir = RunDirectory.create(settings.runs_dir, {"campaign": campaign, **settings.model_dump(mode="json")})
     configure_logging(run_dir.path / "runtime.log")
     become_subreaper()
     logger.info("Run directory: %s", run_dir.path)
     run_dir.write_json("host_info.json", host_info())
-
-    spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis,
-                  objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed)
     task_config = qc_machine.task_config(run_dir.path)
-    run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
 
     start = time.monotonic()
-    redis_server = task_server = queues = thinker = None
+    redis_server = task_server = queues = thinker = assembly = None
     reason = "run stopped by an error"
     status = 1
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        qm9 = load_qm9()
-        if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:
-            raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
-                                f"({settings.total_evaluations} evaluations)")
-        pool_rows = sample_pool(len(qm9), settings.pool_size, settings.seed)
-
+        assembly = assemble(settings, run_dir, task_config)
         password, redis_server = connect_redis(settings.redis_host, settings.redis_port, settings.redis_password,
                                                run_dir.path / "redis")
-        queues = AuthRedisQueues(TOPICS, hostname=settings.redis_host, port=settings.redis_port,
+        queues = AuthRedisQueues(assembly.topics, hostname=settings.redis_host, port=settings.redis_port,
                                  password=password, prefix=f"molsteer-{run_dir.name}", keep_inputs=False,
                                  serialization_method="pickle")
         parsl_config = SITES[settings.site](
             run_dir.path, SiteOptions(settings.qc_workers, settings.ml_workers, qc_machine.ncores))
         (run_dir.path / "parsl_config.txt").write_text(repr(parsl_config) + "\n")
-        task_server = ParslTaskServer(
-            [(evaluate_molecules, {"executors": [QC_EXECUTOR]}),
-             (compute_atom_energies, {"executors": [QC_EXECUTOR]}),
-             (train_surrogate, {"executors": [ML_EXECUTOR]}),
-             (train_mpnn, {"executors": [ML_EXECUTOR]}),
-             (generate_molecules, {"executors": [ML_EXECUTOR]}),
-             (score_qm9, {"executors": [ML_EXECUTOR]})],
-            queues, parsl_config)
+        task_server = ParslTaskServer([(method, {"executors": [label]}) for method, label in assembly.methods],
+                                      queues, parsl_config)
         task_server.start()
 
-        atom_energies = None
-        if settings.objective == "atomization-energy" and settings.qc_code != "qm9":
-            atom_energies = request_atom_energies(queues, spec, task_config)
-            run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
-            logger.info("Reference atom energies (Hartree): %s", atom_energies)
-
-        plan = DesignPlan.from_settings(settings, units=spec.units)
-        thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
-        logger.info("Campaign: %s with %s (%s), %d evaluations, %d QC workers", settings.objective,
-                    settings.qc_code, settings.method, settings.total_evaluations, settings.qc_workers)
+        thinker = assembly.build_thinker(queues)
+        logger.info("Campaign: %s", assembly.description)
         thinker.start()
         try:
             while thinker.is_alive():
@@ -232,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if thinker is not None and status != 0:
             abandoned = thinker.abandon_in_flight(reason)
             if abandoned:
-                logger.warning("%d molecules were out at QC and are recorded as not finished", abandoned)
+                logger.warning("%d tasks were out and are recorded as not finished", abandoned)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if task_server is not None:
             try:
@@ -250,16 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         if redis_server is not None:
             redis_server.stop()
         stop_descendants()
+        if assembly is not None:
+            try:
+                assembly.close()
+            except Exception:  # noqa: BLE001 - the records matter more than a proxy store's clean-up
+                logger.exception("Could not release the campaign's resources")
         run_dir.close()
-        summary = summarize(run_dir, maximize=settings.maximize,
-                            n_workers=settings.qc_workers, wall_time=time.monotonic() - start)
-        summary["exit_status"] = status
-        run_dir.write_json("summary.json", summary)
-        logger.info("Done in %.1f s: %d evaluations, %d failures, QC utilization %s. Results in %s",
-                    summary["wall_time"], summary["evaluations"], summary["failures"],
-                    f"{summary['qc_utilization']:.1%}" if summary["qc_utilization"] else "n/a", run_dir.path)
-        if summary["best"]:
-            logger.info("Best: %s %.4g %s", summary["best"][0]["smiles"], summary["best"][0]["value"], spec.units)
+        if assembly is not None:
+            summary = assembly.summarize(time.monotonic() - start)
+            summary["exit_status"] = status
+            run_dir.write_json("summary.json", summary)
+            logger.info("Done in %.1f s. Results in %s", summary["wall_time"], run_dir.path)
+            for line in assembly.headline(summary):
+                logger.info("%s", line)
         try:
             from reporting.report import write_report
 

@@ -24,10 +24,57 @@ def _default_qc_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-class CampaignSettings(BaseModel):
-    """Everything that defines a molecular-design campaign; saved as ``run_params.json``."""
+class CommonSettings(BaseModel):
+    """Options every campaign shares: the level of theory, where workers run, the queues, the run directory.
+
+    Each campaign's settings extend this class, so the QC code, the worker counts and the services are spelled
+    and validated the same way whichever campaign is started.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    qc_code: Literal["xtb", "nwchem"] = Field("xtb", description="Quantum-chemistry code run through QCEngine")
+    method: str | None = Field(
+        None, description="QC method (default: GFN2-xTB for xtb, hf for nwchem)", min_length=1
+    )
+    basis: str | None = Field(
+        None, description="Basis set for NWChem (default: sto-3g); ignored by xtb", min_length=1
+    )
+    qc_workers: Annotated[int, Field(gt=0)] = Field(
+        default_factory=_default_qc_workers, description="Parsl workers in the qc partition"
+    )
+    ml_workers: Annotated[int, Field(gt=0)] = Field(1, description="Parsl workers in the ml partition")
+    seed: int = Field(0, description="Random seed for the initial data, sampling and models")
+    redis_host: str = Field(
+        "127.0.0.1", description="Redis server for the Colmena queues (a local one is started if none answers)"
+    )
+    redis_port: Annotated[int, Field(gt=0, lt=65536)] = Field(6379, description="Redis port")
+    redis_password: str | None = Field(
+        None, description="Password of an existing Redis server (a started one gets a random password)"
+    )
+    site: Literal["local"] = Field("local", description="Parsl site configuration from configs/sites.py")
+    qc_config: Path = Field(
+        Path("qcengine.yml"), description="File with the machine-dependent QC settings (cores, memory, scratch)"
+    )
+    runs_dir: Path = Field(Path("runs"), description="Directory that receives one sub-directory per run")
+
+    def _fill_level_of_theory(self) -> None:
+        """Pick the code's default level of theory, so the saved parameters say what ran, and reject mismatches."""
+        method, basis = DEFAULT_METHODS[self.qc_code]
+        if self.method is None:
+            self.method = method
+        if self.qc_code == "nwchem" and self.basis is None:
+            self.basis = basis
+        if self.qc_code == "qm9" and self.method != DEFAULT_METHODS["qm9"][0]:
+            raise ValueError("--qc-code qm9 looks up QM9's B3LYP values: it takes no --method")
+        if self.qc_code in ("xtb", "qm9") and self.basis is not None:
+            raise ValueError(f"--basis is only used by --qc-code nwchem (not {self.qc_code})")
+        if self.qc_code == "xtb" and self.method.lower() not in ("gfn2-xtb", "gfn1-xtb", "gfn0-xtb"):
+            raise ValueError(f"--method {self.method!r} is not an xTB method (use GFN2-xTB, GFN1-xTB or GFN0-xTB)")
+
+
+class CampaignSettings(CommonSettings):
+    """Everything that defines a molecular-design campaign (``python run.py design``); saved as ``run_params.json``."""
 
     objective: str = Field(
         "ionization-energy",
@@ -41,12 +88,6 @@ class CampaignSettings(BaseModel):
     qc_code: Literal["xtb", "nwchem", "qm9"] = Field(
         "xtb", description="Quantum-chemistry code run through QCEngine (xtb, nwchem), or qm9 to look up "
         "QM9's own B3LYP values instead of computing (benchmarks the steering at full speed)"
-    )
-    method: str | None = Field(
-        None, description="QC method (default: GFN2-xTB for xtb, hf for nwchem)", min_length=1
-    )
-    basis: str | None = Field(
-        None, description="Basis set for NWChem (default: sto-3g); ignored by xtb", min_length=1
     )
     ie_type: Literal["adiabatic", "vertical"] = Field(
         "adiabatic",
@@ -100,23 +141,6 @@ class CampaignSettings(BaseModel):
     rl_episodes: Annotated[int, Field(ge=0)] = Field(
         10, description="Episodes per round of the reinforcement-learning generator (used by --generator rl)"
     )
-    qc_workers: Annotated[int, Field(gt=0)] = Field(
-        default_factory=_default_qc_workers, description="Parsl workers in the qc partition"
-    )
-    ml_workers: Annotated[int, Field(gt=0)] = Field(1, description="Parsl workers in the ml partition")
-    seed: int = Field(0, description="Random seed for the initial molecules, embedding and models")
-    redis_host: str = Field(
-        "127.0.0.1", description="Redis server for the Colmena queues (a local one is started if none answers)"
-    )
-    redis_port: Annotated[int, Field(gt=0, lt=65536)] = Field(6379, description="Redis port")
-    redis_password: str | None = Field(
-        None, description="Password of an existing Redis server (a started one gets a random password)"
-    )
-    site: Literal["local"] = Field("local", description="Parsl site configuration from configs/sites.py")
-    qc_config: Path = Field(
-        Path("qcengine.yml"), description="File with the machine-dependent QC settings (cores, memory, scratch)"
-    )
-    runs_dir: Path = Field(Path("runs"), description="Directory that receives one sub-directory per run")
 
     @model_validator(mode="after")
     def _fill_method_defaults(self) -> CampaignSettings:
@@ -130,23 +154,107 @@ class CampaignSettings(BaseModel):
             if objective.maximize is None:
                 raise ValueError(f"--objective {self.objective}: say --maximize or --minimize")
             self.maximize = objective.maximize
-        method, basis = DEFAULT_METHODS[self.qc_code]
-        if self.method is None:
-            self.method = method
-        if self.qc_code == "nwchem" and self.basis is None:
-            self.basis = basis
-        if self.qc_code == "qm9" and self.method != DEFAULT_METHODS["qm9"][0]:
-            raise ValueError("--qc-code qm9 looks up QM9's B3LYP values: it takes no --method")
-        if self.qc_code in ("xtb", "qm9") and self.basis is not None:
-            raise ValueError(f"--basis is only used by --qc-code nwchem (not {self.qc_code})")
-        if self.qc_code == "xtb" and self.method.lower() not in ("gfn2-xtb", "gfn1-xtb", "gfn0-xtb"):
-            raise ValueError(f"--method {self.method!r} is not an xTB method (use GFN2-xTB, GFN1-xTB or GFN0-xTB)")
+        self._fill_level_of_theory()
         return self
 
     @property
     def total_evaluations(self) -> int:
         """QC evaluations in the whole campaign: the initial random ones plus the model-guided ones."""
         return self.initial_count + self.search_size
+
+
+DEFAULT_FORCEFIELD_MOLECULES = ("CO", "CCO", "NC=O")
+"""Methanol, ethanol and formamide: small, flexible, three elements; a default campaign takes about 10 minutes."""
+
+
+class ForcefieldSettings(CommonSettings):
+    """Everything that defines a forcefield campaign (``python run.py forcefield``); saved as ``run_params.json``.
+
+    The campaign learns an ensemble of interatomic potentials where molecular dynamics with the model goes,
+    spending QC only on audits of sampled trajectories and on the structures the ensemble disagrees about most.
+    """
+
+    molecules: list[str] = Field(
+        list(DEFAULT_FORCEFIELD_MOLECULES), min_length=1,
+        description="Starting molecules: QM9 SMILES or QM9 indices, with QM9's B3LYP geometries "
+        f"(default: {' '.join(DEFAULT_FORCEFIELD_MOLECULES)})",
+    )
+    qc_budget: Annotated[int, Field(gt=0)] = Field(
+        400, description="QC calculations (energies and forces) in the whole campaign, initial ones included"
+    )
+    initial_displacements: Annotated[int, Field(ge=0)] = Field(
+        15, description="Randomly displaced copies of each starting structure in the initial training set"
+    )
+    displacement_scale: Annotated[float, Field(gt=0, le=0.5)] = Field(
+        0.04, description="Standard deviation of the initial random displacements, Å"
+    )
+    ensemble_size: Annotated[int, Field(ge=2)] = Field(
+        4, description="Potentials in the ensemble, each trained on its own bootstrap sample as one ml task"
+    )
+    retrain_after: Annotated[int, Field(gt=0)] = Field(
+        48, description="New QC results that start the next training round"
+    )
+    first_epochs: Annotated[int, Field(gt=0)] = Field(
+        200, description="Training epochs of the first round (from the starting weights)"
+    )
+    train_epochs: Annotated[int, Field(gt=0)] = Field(
+        60, description="Training epochs of later rounds (fine-tuning from each member's previous weights)"
+    )
+    parallel_samplers: Annotated[int, Field(gt=0)] = Field(
+        2, description="MD runs kept going at once (slots move between sampling and QC as their queues change)"
+    )
+    temperature: Annotated[float, Field(gt=0, le=5000)] = Field(600.0, description="MD temperature, K")
+    timestep: Annotated[float, Field(gt=0, le=5)] = Field(0.5, description="MD time step, fs")
+    sample_every: Annotated[int, Field(gt=0)] = Field(
+        10, description="MD steps between structures sent to the selection pool"
+    )
+    min_run_length: Annotated[int, Field(gt=0)] = Field(20, description="Fewest MD steps of one sampling run")
+    max_run_length: Annotated[int, Field(gt=0)] = Field(400, description="Most MD steps of one sampling run")
+    energy_tolerance: Annotated[float, Field(gt=0)] = Field(
+        0.01, description="Audit: a trajectory continues when the model's energy is within this of QC's, eV/atom"
+    )
+    inference_batch: Annotated[int, Field(gt=0)] = Field(
+        64, description="Pooled structures that start an inference round of the selector"
+    )
+    n_to_select: Annotated[int, Field(gt=0)] = Field(
+        16, description="Structures the selector picks for QC from each inference round"
+    )
+    selector: Literal["disagreement", "random"] = Field(
+        "disagreement", description="Active learning by ensemble disagreement, or random picks from the same pool "
+        "(the baseline of scripts/bench_forcefield.py)",
+    )
+    test_steps: Annotated[int, Field(gt=0)] = Field(
+        400, description="Steps of the QC reference MD per molecule that forms the held-out test set (cached)"
+    )
+    test_every: Annotated[int, Field(gt=0)] = Field(
+        10, description="Reference MD steps between test-set structures"
+    )
+    stability_runs: Annotated[int, Field(ge=0)] = Field(
+        6, description="MD runs with the final ensemble that measure its stability"
+    )
+    stability_steps: Annotated[int, Field(gt=0)] = Field(1000, description="MD steps of each stability run")
+
+    @model_validator(mode="after")
+    def _check(self) -> ForcefieldSettings:
+        """Fill the level of theory and reject option combinations that cannot work together."""
+        self._fill_level_of_theory()
+        if self.min_run_length > self.max_run_length:
+            raise ValueError(f"--min-run-length {self.min_run_length} exceeds --max-run-length {self.max_run_length}")
+        if self.sample_every > self.min_run_length:
+            raise ValueError(f"--sample-every {self.sample_every} exceeds --min-run-length {self.min_run_length}: "
+                             "short runs would pool no structure")
+        if self.test_every > self.test_steps:
+            raise ValueError(f"--test-every {self.test_every} exceeds --test-steps {self.test_steps}")
+        initial = len(self.molecules) * (1 + self.initial_displacements)
+        if initial >= self.qc_budget:
+            raise ValueError(f"--qc-budget {self.qc_budget} leaves nothing after the {initial} initial calculations "
+                             "(molecules × (1 + --initial-displacements))")
+        return self
+
+    @property
+    def initial_count(self) -> int:
+        """QC calculations of the initial training set."""
+        return len(self.molecules) * (1 + self.initial_displacements)
 
 
 class QCMachineSettings(BaseModel):

@@ -25,8 +25,9 @@ from colmena.models import Result
 from colmena.queue.base import ColmenaQueues
 from colmena.thinker import BaseThinker, ResourceCounter, agent, result_processor, task_submitter
 
-from configs.names import ML_TOPIC, SIMULATION_TOPIC
+from configs.names import ML_EXECUTOR, ML_TOPIC, QC_EXECUTOR, SIMULATION_TOPIC, TOPICS
 from methods.acquisition import acquire
+from thinkers.campaign import Assembly
 from thinkers.records import (
     RL_RECORDS,
     SCREENING_RECORDS,
@@ -489,3 +490,59 @@ def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[st
         reason = result.failure_info.exception if result.failure_info else "unknown"
         raise RuntimeError(f"reference atom energies failed: {reason}")
     return result.value
+
+
+def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
+    """The design campaign's one assembly point: validated settings → task-server methods and a thinker factory.
+
+    Loads the QM9 search space, saves the level of theory (``qc_spec.json``), and, once the task server runs,
+    computes the reference atom energies the atomization objective needs before the thinker starts.
+
+    Raises:
+        SettingsError: the pool is smaller than the QC budget.
+    """
+    from configs.settings import SettingsError
+    from methods.data import load_qm9, sample_pool
+    from methods.rl import generate_molecules
+    from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
+    from methods.surrogates import score_qm9, train_mpnn, train_surrogate
+    from thinkers.records import summarize
+
+    spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis,
+                  objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed)
+    run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
+    qm9 = load_qm9()
+    if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:
+        raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
+                            f"({settings.total_evaluations} evaluations)")
+    pool_rows = sample_pool(len(qm9), settings.pool_size, settings.seed)
+
+    def build_thinker(queues: ColmenaQueues) -> DesignThinker:
+        atom_energies = None
+        if settings.objective == "atomization-energy" and settings.qc_code != "qm9":
+            atom_energies = request_atom_energies(queues, spec, task_config)
+            run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
+            logger.info("Reference atom energies (Hartree): %s", atom_energies)
+        plan = DesignPlan.from_settings(settings, units=spec.units)
+        return DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
+
+    def headline(summary: dict[str, Any]) -> list[str]:
+        utilization = summary["qc_utilization"]
+        lines = [f"{summary['evaluations']} evaluations, {summary['failures']} failures, QC utilization "
+                 f"{f'{utilization:.1%}' if utilization else 'n/a'}"]
+        if summary["best"]:
+            lines.append(f"Best: {summary['best'][0]['smiles']} {summary['best'][0]['value']:.4g} {spec.units}")
+        return lines
+
+    return Assembly(
+        topics=TOPICS,
+        methods=[(evaluate_molecules, QC_EXECUTOR), (compute_atom_energies, QC_EXECUTOR),
+                 (train_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR), (generate_molecules, ML_EXECUTOR),
+                 (score_qm9, ML_EXECUTOR)],
+        build_thinker=build_thinker,
+        summarize=lambda wall_time: summarize(run_dir, maximize=settings.maximize, n_workers=settings.qc_workers,
+                                              wall_time=wall_time),
+        headline=headline,
+        description=f"{settings.objective} with {settings.qc_code} ({settings.method}), "
+                    f"{settings.total_evaluations} evaluations, {settings.qc_workers} QC workers",
+    )

@@ -1,0 +1,47 @@
+"""What a campaign gives ``run.py``: one assembly point from validated settings to task-server methods and a thinker.
+
+Every campaign module (``thinkers/design.py``, ``thinkers/forcefield.py``) has a function
+``assemble(settings, run_dir, task_config) -> Assembly``. ``run.py`` does the rest the same way for all of them:
+run directory, logging, Redis, the Parsl task server, start, join, shutdown, summary, report. A new campaign is
+one more module and one more line in ``run.py``'s registry, not more branches in ``run.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from colmena.queue.base import ColmenaQueues
+
+
+class CampaignThinker(Protocol):
+    """What ``run.py`` needs of a thinker beyond Colmena's ``BaseThinker`` (a thread with a ``done`` event)."""
+
+    def abandon_in_flight(self, reason: str) -> int:
+        """Record every task still out as not finished, with the reason; returns how many."""
+        ...
+
+
+@dataclass
+class Assembly:
+    """A campaign, ready to run.
+
+    Attributes:
+        topics: Colmena queue topics the thinker and the task server talk on.
+        methods: Worker functions and the Parsl executor label (``qc`` or ``ml``) each runs on.
+        build_thinker: Makes the thinker once the task server runs (a campaign may first ask workers for
+            set-up results, such as reference atom energies).
+        summarize: Builds ``summary.json`` from the records, given the wall time; called after shutdown.
+        headline: The summary's few most important numbers, as lines for the terminal.
+        close: Releases what the assembly holds (proxy stores); called on every exit path.
+        description: One line saying what is about to run.
+    """
+
+    topics: tuple[str, ...]
+    methods: list[tuple[Callable[..., Any], str]]
+    build_thinker: Callable[[ColmenaQueues], Any]
+    summarize: Callable[[float | None], dict[str, Any]]
+    headline: Callable[[dict[str, Any]], list[str]]
+    close: Callable[[], None] = field(default=lambda: None)
+    description: str = ""
