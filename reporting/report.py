@@ -181,6 +181,13 @@ def write_report(run_dir: Path | str, top_k: int = 100) -> Path:
     """Write ``report.md`` and ``plots/*.png`` into the run directory; returns the report's path."""
     run_dir = Path(run_dir)
     params = _read_json(run_dir / "run_params.json")
+    if params.get("campaign") == "forcefield":
+        from reporting.forcefield import forcefield_report
+
+        lines = forcefield_report(run_dir, params, _read_json(run_dir / "summary.json"), _read_jsonl)
+        report = run_dir / "report.md"
+        report.write_text("\n".join(lines) + "\n")
+        return report
     spec = _read_json(run_dir / "qc_spec.json")
     summary = _read_json(run_dir / "summary.json")
     records = _read_jsonl(run_dir / "simulation_records.jsonl")

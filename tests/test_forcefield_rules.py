@@ -1,0 +1,95 @@
+"""The forcefield thinker's rules on their own: audits, run lengths, and proxies that do not accumulate."""
+
+import pytest
+
+from thinkers.forcefield import audit_error, next_run_length
+from thinkers.proxies import ProxyLedger
+
+
+def test_audit_error_is_per_atom():
+    assert audit_error(-100.0, -100.09, 9) == pytest.approx(0.01)
+    assert audit_error(-100.09, -100.0, 9) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("error, expected", [
+    (0.001, 150),   # well inside the tolerance: longer runs
+    (0.008, 100),   # inside, but not by much: unchanged
+    (0.02, 50),     # failed audit: halved
+    (None, 50),     # blow-up or failed QC: halved
+])
+def test_run_length_adapts_to_the_audit(error, expected):
+    assert next_run_length(100, error, tolerance=0.01, shortest=20, longest=400) == expected
+
+
+def test_run_length_stays_within_bounds():
+    length = 100
+    for _ in range(20):
+        length = next_run_length(length, 0.0, 0.01, 20, 400)
+    assert length == 400
+    for _ in range(20):
+        length = next_run_length(length, 1.0, 0.01, 20, 400)
+    assert length == 20
+
+
+def test_audit_decision_continues_or_restarts():
+    """The thinker's audit: within tolerance the trajectory continues from the audited structure, else restarts."""
+    from ase.build import molecule
+
+    from thinkers.forcefield import QCJob, Trajectory
+
+    class Stub:
+        plan = type("Plan", (), {"energy_tolerance": 0.01, "min_run_length": 20, "max_run_length": 400})()
+
+    from thinkers.forcefield import ForcefieldThinker
+
+    start = molecule("CH3OH")
+    moved = start.copy()
+    moved.positions += 0.05
+    stub = Stub()
+    import threading
+
+    stub._state = threading.Condition()
+    stub.trajectories = [Trajectory(0, "CO", start, 100, busy=True)]
+    settle = ForcefieldThinker._settle_audit
+
+    good = settle(stub, QCJob(moved, "audit", "CO", 0, model_energy=-100.0), {"success": True, "energy": -100.01})
+    assert good["decision"] == "continue" and stub.trajectories[0].current is moved
+    assert not stub.trajectories[0].busy and stub.trajectories[0].run_length == 150
+
+    bad = settle(stub, QCJob(moved, "audit", "CO", 0, model_energy=-100.0), {"success": True, "energy": -101.0})
+    assert bad["decision"] == "restart" and stub.trajectories[0].current is None
+    assert stub.trajectories[0].restarts == 1 and stub.trajectories[0].run_length == 75
+
+    failed = settle(stub, QCJob(moved, "audit", "CO", 0, model_energy=-100.0), {"success": False, "energy": None})
+    assert failed["decision"] == "restart" and failed["audit_error"] is None
+
+
+def test_replaced_proxies_are_evicted_once_their_tasks_return(tmp_path):
+    """A real ProxyStore file store: count the stored objects as models are replaced."""
+    from proxystore.connectors.file import FileConnector
+    from proxystore.store import Store
+
+    folder = tmp_path / "store"
+    store = Store("ledger-test", FileConnector(str(folder)), register=True)
+    try:
+        ledger = ProxyLedger(store)
+
+        def stored() -> int:
+            return sum(1 for p in folder.iterdir() if p.is_file() and p.suffix != ".ready")
+
+        starting = ledger.put({"weights": [1.0] * 1000})
+        model = ledger.put({"weights": [2.0] * 1000})
+        ledger.acquire(model)  # an MD run is using it
+        assert stored() == 2
+        for generation in range(10):  # ten retraining rounds replace the sampling model
+            new = ledger.put({"weights": [float(generation)] * 1000})
+            ledger.retire(model)
+            if generation == 0:
+                assert stored() == 3  # still in use by the running task: not evicted yet
+                ledger.release(model)
+            model = new
+        assert stored() == 2  # the starting model and the current one: nothing accumulates
+        assert ledger.stats() == {"proxies_created": 12, "proxies_evicted": 10, "proxies_live": 2}
+        assert starting["weights"][0] == 1.0  # the kept proxy still resolves
+    finally:
+        store.close(clear=True)
