@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                                          f"see {run_dir.path / 'runtime.log'}")
         finally:
             thinker.done.set()
+        if getattr(thinker, "agent_failures", None):
+            raise RuntimeError(f"the campaign stopped because an agent failed: {thinker.agent_failures[0]}")
         status = 0
     except KeyboardInterrupt:
         logger.warning("Interrupted: shutting down")

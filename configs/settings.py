@@ -174,6 +174,13 @@ class ForcefieldSettings(CommonSettings):
     spending QC only on audits of sampled trajectories and on the structures the ensemble disagrees about most.
     """
 
+    qc_workers: Annotated[int, Field(gt=0)] = Field(
+        1, description="Parsl workers in the qc partition (xTB energies and forces take milliseconds: one is plenty)"
+    )
+    ml_workers: Annotated[int, Field(gt=0)] = Field(
+        default_factory=_default_qc_workers, description="Parsl workers in the ml partition (default: one per core; "
+        "training, MD and inference are this campaign's heavy work)"
+    )
     molecules: list[str] = Field(
         list(DEFAULT_FORCEFIELD_MOLECULES), min_length=1,
         description="Starting molecules: QM9 SMILES or QM9 indices, with QM9's B3LYP geometries "

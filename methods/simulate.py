@@ -52,7 +52,11 @@ class QCSpec(BaseModel):
     code: Literal["xtb", "nwchem", "qm9"] = Field(description="QCEngine program, or qm9 for a lookup")
     method: str = Field(description="QC method, e.g. GFN2-xTB, hf or b3lyp")
     basis: str | None = Field(None, description="Basis set (NWChem only)")
-    objective: str = Field(description="Property computed: ionization-energy, atomization-energy or qm9:<column>")
+    objective: str | None = Field(
+        None,
+        description="Property computed: ionization-energy, atomization-energy or qm9:<column>; None when the "
+        "campaign only needs energies and forces (the forcefield campaign)",
+    )
     ie_type: Literal["adiabatic", "vertical"] = Field("adiabatic", description="Relax the cation or not")
     fmax: float = Field(
         0.05, gt=0, description="Force convergence of ASE relaxations, eV/Å (0.05 moves xTB IEs by ~5 meV vs 0.02)"
@@ -62,7 +66,9 @@ class QCSpec(BaseModel):
 
     @property
     def units(self) -> str:
-        """Unit of the objective value."""
+        """Unit of the objective value (eV, the unit of energies, when there is no objective)."""
+        if self.objective is None:
+            return "eV"
         return parse_objective(self.objective).units
 
 
@@ -419,3 +425,40 @@ def evaluate_molecules(
     Batching lets short xTB evaluations amortize the per-task cost of the queues.
     """
     return [evaluate_molecule(s, spec, task_config, atom_energies).to_dict() for s in smiles]
+
+
+def _energy_forces(atoms: Atoms, spec: QCSpec, task_config: dict[str, Any]) -> dict[str, Any]:
+    """One frame of :func:`compute_energy_forces`; never raises."""
+    record: dict[str, Any] = {"success": False, "energy": None, "forces": None, "failure_reason": None}
+    start = time.perf_counter()
+    try:
+        structure = Structure(tuple(atoms.get_chemical_symbols()), atoms.get_positions())
+        result = run_qcengine(structure, 0, 1, "gradient", spec, task_config)
+        energy = float(result.properties.return_energy) * HARTREE_TO_EV
+        forces = -np.asarray(result.return_result, dtype=float).reshape(-1, 3) * HARTREE_TO_EV / BOHR_TO_ANGSTROM
+        if forces.shape != (len(atoms), 3):
+            raise QCFailure(f"gradient has shape {forces.shape}, expected ({len(atoms)}, 3)")
+        if not (np.isfinite(energy) and np.isfinite(forces).all()):
+            raise QCFailure("energy or forces not finite")
+        record.update(success=True, energy=energy, forces=forces.tolist())
+    except QCFailure as exc:
+        record["failure_reason"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. QCElemental rejecting overlapping nuclei; one frame, not the batch
+        logger.debug("QC failed for a %s frame", atoms.get_chemical_formula(), exc_info=True)
+        record["failure_reason"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"
+    record["time"] = time.perf_counter() - start
+    return record
+
+
+def compute_energy_forces(frames: list[Atoms], spec: QCSpec, task_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``qc`` task of the forcefield campaign: one QCEngine gradient per structure (neutral singlet).
+
+    Batching frames amortizes the per-task cost of the queues, as :func:`evaluate_molecules` does for molecules.
+    Only the symbols and positions of each frame are read; calculators attached to them are ignored.
+
+    Returns:
+        One record per frame, in order: ``{"success": bool, "energy": eV | None, "forces": list (n, 3) eV/Å | None,
+        "failure_reason": str | None, "time": seconds}``. A failed structure (SCF not converged, nuclei on top of
+        each other, unknown method …) comes back with its reason; non-finite energies or forces are failures.
+    """
+    return [_energy_forces(atoms, spec, task_config) for atoms in frames]

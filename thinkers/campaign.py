@@ -8,11 +8,13 @@ one more module and one more line in ``run.py``'s registry, not more branches in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from colmena.queue.base import ColmenaQueues
+from colmena.thinker import BaseThinker
 
 
 class CampaignThinker(Protocol):
@@ -45,3 +47,31 @@ class Assembly:
     headline: Callable[[dict[str, Any]], list[str]]
     close: Callable[[], None] = field(default=lambda: None)
     description: str = ""
+
+
+class SteeringThinker(BaseThinker):
+    """A Colmena thinker that remembers which agents crashed, so a crash is a failed run, not a quiet early end.
+
+    Colmena logs an agent's exception and sets ``done``, and the thinker then ends as if the campaign had
+    finished. ``run.py`` reads :attr:`agent_failures` after the thinker ends and exits non-zero with the reason.
+    """
+
+    agent_failures: list[str]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.agent_failures = []
+
+    @classmethod
+    def list_agents(cls) -> list[Callable]:
+        """Colmena's agents, each wrapped to record its exception before Colmena handles it."""
+        guarded = []
+        for func in super().list_agents():
+            def run_agent(thinker: SteeringThinker, _func: Callable = func) -> Any:
+                try:
+                    return _func(thinker)
+                except BaseException as exc:
+                    thinker.agent_failures.append(f"{_func.__name__}: {type(exc).__name__}: {exc}")
+                    raise
+            guarded.append(functools.update_wrapper(run_agent, func))  # keeps Colmena's agent attributes
+        return guarded

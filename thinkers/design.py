@@ -23,11 +23,11 @@ import numpy as np
 from colmena.exceptions import TimeoutException
 from colmena.models import Result
 from colmena.queue.base import ColmenaQueues
-from colmena.thinker import BaseThinker, ResourceCounter, agent, result_processor, task_submitter
+from colmena.thinker import ResourceCounter, agent, result_processor, task_submitter
 
 from configs.names import ML_EXECUTOR, ML_TOPIC, QC_EXECUTOR, SIMULATION_TOPIC, TOPICS
 from methods.acquisition import acquire
-from thinkers.campaign import Assembly
+from thinkers.campaign import Assembly, SteeringThinker
 from thinkers.records import (
     RL_RECORDS,
     SCREENING_RECORDS,
@@ -95,7 +95,7 @@ class DesignPlan:
                    **{name: getattr(settings, name) for name in names})
 
 
-class DesignThinker(BaseThinker):
+class DesignThinker(SteeringThinker):
     """Screens a pool of molecules with a surrogate and spends a fixed QC budget on the most promising ones."""
 
     def __init__(

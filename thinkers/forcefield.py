@@ -32,7 +32,7 @@ from ase import Atoms
 from colmena.exceptions import TimeoutException
 from colmena.models import Result
 from colmena.queue.base import ColmenaQueues
-from colmena.thinker import BaseThinker, ResourceCounter, agent, result_processor, task_submitter
+from colmena.thinker import ResourceCounter, agent, result_processor, task_submitter
 
 from configs.names import (
     FF_EVALUATE_TOPIC,
@@ -46,7 +46,7 @@ from configs.names import (
     ML_EXECUTOR,
     QC_EXECUTOR,
 )
-from thinkers.campaign import Assembly
+from thinkers.campaign import Assembly, SteeringThinker
 from thinkers.proxies import ProxyLedger
 from thinkers.records import RunDirectory, task_timing
 
@@ -146,7 +146,7 @@ class ForcefieldPlan:
     seed: int
 
 
-class ForcefieldThinker(BaseThinker):
+class ForcefieldThinker(SteeringThinker):
     """Steers sampling, selection, QC and training of an ensemble of interatomic potentials."""
 
     def __init__(
@@ -508,10 +508,11 @@ class ForcefieldThinker(BaseThinker):
             self.model_round = round_
             self._training = False
             self._state.notify_all()
+        # Handles are compared by identity: a proxy's == would compare the models it stands for.
         for old in previous:
-            if old not in members:
+            if not any(old is member for member in members):
                 self.ledger.retire(old)
-        if self.sampling_model is not None and self.sampling_model not in members and members:
+        if self.sampling_model is not None and members and not any(self.sampling_model is m for m in members):
             self._replace_sampling_model(members[0], round_)
         record = {"event": "ensemble", "round": round_, "members": len(handles), "n_train": info["n_train"],
                   "qc_calls": info["qc_calls"], "elapsed": self._elapsed(), **self.ledger.stats()}
@@ -613,10 +614,13 @@ class ForcefieldThinker(BaseThinker):
             self.run_dir.records(SAMPLING_RECORDS).write(record)
             return
         md = result.value
-        record.update({"steps_done": md.steps_done, "blown_up": md.failure, "n_frames": len(md.frames),
+        record.update({"steps_done": md.steps_done, "blown_up": md.failure,
                        "final_energy": md.final_energy, "md_time": md.time})
+        # Step 0 is where the run started: an audited structure or the starting geometry, both computed already.
+        # Before a blow-up, the last physical structure is where the model is most wrong: worth pooling.
+        pooled = md.frames[1:] + ([md.final] if md.failure is not None and md.steps_done > 0 else [])
         with self._state:
-            for frame in md.frames:
+            for frame in pooled:
                 self.pool.append((frame, trajectory.molecule, trajectory.id))
             if md.failure is not None:
                 trajectory.blowups += 1
@@ -627,7 +631,7 @@ class ForcefieldThinker(BaseThinker):
             else:
                 self.audit_jobs.append(QCJob(md.final, "audit", trajectory.molecule, trajectory.id,
                                              md.final_energy, {"run_id": info["run_id"]}))
-            record["pool"] = len(self.pool)
+            record.update({"n_pooled": len(pooled), "pool": len(self.pool)})
             self._state.notify_all()
         self.run_dir.records(SAMPLING_RECORDS).write(record)
         if md.failure is not None:

@@ -1,0 +1,67 @@
+"""The forcefield campaign end to end: `python run.py forcefield` with real Redis, Parsl workers and GFN2-xTB."""
+
+import json
+import sqlite3
+
+import pytest
+
+from tests.conftest import needs_redis
+from tests.test_e2e import assert_valid_png, campaign, read_jsonl
+
+pytestmark = [needs_redis, pytest.mark.e2e, pytest.mark.timeout(900)]
+
+TINY = ["forcefield", "--molecules", "CO", "NC=O", "--qc-budget", "70", "--initial-displacements", "9",
+        "--ensemble-size", "2", "--retrain-after", "16", "--first-epochs", "60", "--train-epochs", "25",
+        "--test-steps", "60", "--test-every", "6", "--min-run-length", "10", "--max-run-length", "60",
+        "--sample-every", "5", "--inference-batch", "12", "--n-to-select", "6", "--stability-runs", "2",
+        "--stability-steps", "60", "--qc-workers", "1", "--ml-workers", "1", "--seed", "3"]
+
+
+def test_tiny_forcefield_campaign_learns_and_leaves_nothing_behind(tmp_path):
+    result, run_dir = campaign(tmp_path, *TINY)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    params = json.loads((run_dir / "run_params.json").read_text())
+    assert params["campaign"] == "forcefield" and params["molecules"] == ["CO", "NC=O"]
+
+    # train.db: every successful QC call, with energies, forces and where the structure came from
+    with sqlite3.connect(run_dir / "train.db") as db:
+        assert db.execute("select count(*) from systems").fetchone()[0] >= 60
+    import ase.db
+
+    rows = list(ase.db.connect(run_dir / "train.db").select())
+    sources = {row.source for row in rows}
+    assert "initial" in sources and sources & {"audit", "active"}, sources
+    assert all(row.forces.shape == (row.natoms, 3) and row.energy < 0 for row in rows)
+
+    records = read_jsonl(run_dir / "simulation_records.jsonl")
+    assert len(records) == 70 and all(r["success"] or r["failure_reason"] for r in records)
+    audits = [r for r in records if r["source"] == "audit"]
+    assert all(r["decision"] in ("continue", "restart") for r in audits)
+    for name in ("sampling_records.jsonl", "training_records.jsonl", "simulation_records.jsonl",
+                 "reference_records.jsonl", "stability_records.jsonl", "allocation_records.jsonl"):
+        assert (run_dir / name).stat().st_size > 0, name
+    members = [t for t in read_jsonl(run_dir / "training_records.jsonl") if t["event"] == "member"]
+    assert members and all(t["success"] for t in members)
+    assert any((run_dir / "models").rglob("member-*.pkl"))
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_status"] == 0 and summary["qc_calls"] == 70
+    curve = summary["learning_curve"]
+    assert len(curve) >= 2 and summary["test_set_size"] == 2 * 10
+    assert curve[-1]["force_mae"] < curve[0]["force_mae"], curve  # it learned
+    assert summary["stability"]["runs"] == 2
+    assert 0 < summary["qc_utilization"] <= 1 and 0 < summary["ml_utilization"] <= 1
+    assert summary["proxies_live"] <= summary["proxies_created"] and summary["proxies_evicted"] > 0
+    assert not (run_dir / "proxystore").exists() or not any((run_dir / "proxystore").iterdir())
+
+    report = (run_dir / "report.md").read_text()
+    for plot in ("ff_learning_curve.png", "ff_parity.png", "ff_allocation.png"):
+        assert f"plots/{plot}" in report, plot
+        assert_valid_png(run_dir / "plots" / plot)
+
+
+def test_forcefield_rejects_a_molecule_not_in_qm9(tmp_path):
+    result, _ = campaign(tmp_path, "forcefield", "--molecules", "CCCCCCCCCCCC", "--qc-budget", "10",
+                         "--initial-displacements", "1")
+    assert result.returncode == 1
+    assert "--molecules" in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
