@@ -48,11 +48,12 @@ def assert_nothing_left(before: set[int], run_root: Path, port: int) -> None:
     assert not left, f"processes outlived the run: {commands}"
 
 
-def campaign(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run run.py to completion, then check that none of its service processes is left."""
+def campaign(tmp_path: Path, *args: str, name: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run run.py (the campaign ``name``, or the default) to completion; check no service process is left."""
     before = service_pids()
     port = free_port()
-    command = [sys.executable, "run.py", "--runs-dir", str(tmp_path), "--redis-port", str(port), *args]
+    command = [sys.executable, "run.py", *([name] if name else []), "--runs-dir", str(tmp_path),
+               "--redis-port", str(port), *args]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert_nothing_left(before, tmp_path, port)
     run_dirs = [p for p in tmp_path.iterdir() if p.is_dir()]

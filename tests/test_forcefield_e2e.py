@@ -10,7 +10,7 @@ from tests.test_e2e import assert_valid_png, campaign, read_jsonl
 
 pytestmark = [needs_redis, pytest.mark.e2e, pytest.mark.timeout(900)]
 
-TINY = ["forcefield", "--molecules", "CO", "NC=O", "--qc-budget", "70", "--initial-displacements", "9",
+TINY = ["--molecules", "CO", "NC=O", "--qc-budget", "70", "--initial-displacements", "9",
         "--ensemble-size", "2", "--retrain-after", "16", "--first-epochs", "60", "--train-epochs", "25",
         "--test-steps", "60", "--test-every", "6", "--min-run-length", "10", "--max-run-length", "60",
         "--sample-every", "5", "--inference-batch", "12", "--n-to-select", "6", "--stability-runs", "2",
@@ -18,7 +18,7 @@ TINY = ["forcefield", "--molecules", "CO", "NC=O", "--qc-budget", "70", "--initi
 
 
 def test_tiny_forcefield_campaign_learns_and_leaves_nothing_behind(tmp_path):
-    result, run_dir = campaign(tmp_path, *TINY)
+    result, run_dir = campaign(tmp_path, *TINY, name="forcefield")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     params = json.loads((run_dir / "run_params.json").read_text())
     assert params["campaign"] == "forcefield" and params["molecules"] == ["CO", "NC=O"]
@@ -61,7 +61,7 @@ def test_tiny_forcefield_campaign_learns_and_leaves_nothing_behind(tmp_path):
 
 
 def test_forcefield_rejects_a_molecule_not_in_qm9(tmp_path):
-    result, _ = campaign(tmp_path, "forcefield", "--molecules", "CCCCCCCCCCCC", "--qc-budget", "10",
-                         "--initial-displacements", "1")
+    result, _ = campaign(tmp_path, "--molecules", "CCCCCCCCCCCC", "--qc-budget", "10",
+                         "--initial-displacements", "1", name="forcefield")
     assert result.returncode == 1
     assert "--molecules" in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr

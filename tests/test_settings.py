@@ -64,3 +64,38 @@ def test_task_config_puts_scratch_in_the_run_directory(tmp_path):
     assert config["memory"] == 1.5
     assert config["scratch_directory"] == str((tmp_path / "run" / "qc-scratch").resolve())
     assert Path(config["scratch_directory"]).is_dir()
+
+
+def test_forcefield_help_documents_every_option():
+    from configs.settings import ForcefieldSettings
+
+    result = run_cli("forcefield", "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: run.py forcefield")
+    for name in ForcefieldSettings.model_fields:
+        assert "--" + name.replace("_", "-") in result.stdout, name
+    assert run_cli("design", "--help").stdout == run_cli("--help").stdout  # design is the default campaign
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--min-run-length", "50", "--max-run-length", "10"], "exceeds --max-run-length"),
+    (["--qc-budget", "20"], "leaves nothing after the 48 initial"),
+    (["--qc-code", "qm9"], "--qc-code"),
+    (["--molecules"], "--molecules"),
+    (["--temperature", "-5"], "--temperature"),
+    (["--selector", "greedy"], "--selector"),
+    (["--search-size", "10"], "unrecognized arguments"),  # a design option
+])
+def test_forcefield_bad_options_exit_2_with_one_line(args, fragment):
+    result = run_cli("forcefield", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_forcefield_defaults():
+    from configs.settings import ForcefieldSettings
+
+    settings = ForcefieldSettings()
+    assert settings.method == "GFN2-xTB" and settings.initial_count == 48 < settings.qc_budget
+    assert ForcefieldSettings(molecules=["O"], initial_displacements=3).initial_count == 4
