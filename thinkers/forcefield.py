@@ -722,7 +722,7 @@ class ForcefieldThinker(SteeringThinker):
     @agent
     def allocate(self) -> None:
         """Shift slots between sampling and QC: long audit lists slow sampling, an idle QC queue speeds it up."""
-        last = None
+        last, last_time = None, -np.inf
         while not self.done.wait(1.0):
             with self._state:
                 backlog = len(self.audit_jobs) + len(self.active_jobs) + len(self.initial_jobs)
@@ -737,11 +737,11 @@ class ForcefieldThinker(SteeringThinker):
                 if self.rec.reallocate("qc", "sample", 1, timeout=0.5, cancel_if=self.done):
                     moved = "qc→sample"
             state = (self.rec.allocated_slots("sample"), self.rec.allocated_slots("qc"))
-            if moved or state != last:
+            if moved or state != last or time.monotonic() - last_time >= 5:  # changes, and a sample every 5 s
                 self.run_dir.records(ALLOCATION_RECORDS).write({
                     "elapsed": self._elapsed(), "sample_slots": state[0], "qc_slots": state[1], "backlog": backlog,
-                    "moved": moved})
-                last = state
+                    "pool": len(self.pool), "moved": moved})
+                last, last_time = state, time.monotonic()
 
     # --- the end: stability of the final ensemble ----------------------------------------------------------
 
