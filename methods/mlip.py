@@ -60,8 +60,8 @@ class PotentialConfig:
     n_features: int = 64
     n_interactions: int = 3
     n_rbf: int = 32
-    rbf_width: float = 0.5  # Å, width of each Gaussian of the radial basis
-    n_radial: int = 16  # learned radial functions (from the Gaussians) that all filters are combinations of
+    rbf_width: float = 0.25  # Å, width of each Gaussian of the radial basis
+    n_radial: int = 8  # learned radial functions (from the Gaussians) that all filters are combinations of
     aggregation_norm: float = 10.0  # messages are summed over neighbours, then divided by this (~ neighbours)
 
     def __post_init__(self):
@@ -209,21 +209,35 @@ def _shifted_softplus(tf, x):
     return tf.nn.softplus(x) - math.log(2.0)
 
 
-def _dense(tf, x, kernel, bias=None):
-    """``x @ kernel + bias`` per member: ``x`` is (K, ..., in), ``kernel`` (K, in, out), ``bias`` (K, out)."""
-    shape = tf.shape(x)
-    flat = tf.matmul(tf.reshape(x, [shape[0], -1, kernel.shape[1]]), kernel)
+def _dense(tf, x, kernel, bias=None, fold: bool = False):
+    """``x @ kernel + bias`` per member: ``x`` is (K, ..., in), ``kernel`` (K, in, out), ``bias`` (K, out).
+
+    With ``fold``, the axes between the member axis and the features are folded into one large matmul, the
+    fastest layout for training batches (measured: 20% faster steps). Without, the kernel's member axis is
+    broadcast against ``x``: fewer graph ops, which is what a single structure per MD step pays for (33% faster).
+    """
+    if fold:
+        shape = tf.shape(x)
+        flat = tf.matmul(tf.reshape(x, [shape[0], -1, kernel.shape[1]]), kernel)
+        if bias is not None:
+            flat = flat + bias[:, None, :]
+        return tf.reshape(flat, tf.concat([shape[:-1], [kernel.shape[2]]], axis=0))
+    extra = (slice(None),) + (None,) * (len(x.shape) - 3)
+    out = tf.matmul(x, kernel[extra])
     if bias is not None:
-        flat = flat + bias[:, None, :]
-    return tf.reshape(flat, tf.concat([shape[:-1], [kernel.shape[2]]], axis=0))
+        out = out + bias[extra + (None,)]
+    return out
 
 
-def _energies(tf, config: PotentialConfig, weights: list, species, positions):
+def _energies(tf, config: PotentialConfig, weights: list, species, positions, fold: bool = False):
     """Network energies (K, B) in eV for species (B, N) (-1 = padding) and positions (K, B, N, 3) in Å.
 
     Each member k sees its own copy of the positions, so the gradient of the summed energies with respect to
-    ``positions`` is every member's own forces.
+    ``positions`` is every member's own forces. ``fold`` picks the dense-layer layout (see :func:`_dense`).
     """
+    def dense(x, kernel, bias=None):
+        return _dense(tf, x, kernel, bias, fold=fold)
+
     w = {name: value for (name, _), value in zip(_weight_shapes(config), weights, strict=True)}
     features, cutoff = config.n_features, config.cutoff
     onehot = tf.one_hot(species, len(ELEMENTS), dtype=tf.float32)  # padding (-1) is all zeros
@@ -241,7 +255,7 @@ def _energies(tf, config: PotentialConfig, weights: list, species, positions):
     rbf = tf.exp(-0.5 * tf.square((distance[..., None] - centers) / config.rbf_width))  # (K, B, N, N, R)
     # A few learned radial functions (shared by all blocks) times the cutoff, and the cutoff itself as the channel
     # that carries the filter bias: every filter of every block is a linear combination of these channels.
-    radial = _shifted_softplus(tf, _dense(tf, rbf, w["radial_kernel"], w["radial_bias"]))
+    radial = _shifted_softplus(tf, dense(rbf, w["radial_kernel"], w["radial_bias"]))
     basis = tf.concat([radial, tf.ones_like(radial[..., :1])], axis=-1) * smooth_cut[..., None]  # (K, B, N, N, C)
     shape = tf.shape(basis)
     members, batch, n, channels = shape[0], shape[1], shape[2], config.n_radial + 1
@@ -249,7 +263,7 @@ def _energies(tf, config: PotentialConfig, weights: list, species, positions):
 
     h = tf.einsum("bne,kef->kbnf", onehot, w["embedding"])  # (K, B, N, F)
     for i in range(config.n_interactions):
-        x = _dense(tf, h, w[f"interaction{i}_in"])
+        x = dense(h, w[f"interaction{i}_in"])
         columns = slice(i * features, (i + 1) * features)
         filters = tf.concat([w["filter_kernel"][:, :, columns], w["filter_bias"][:, None, columns]], axis=1)
         # sum_j filter_ij * x_j = sum_(j, c) basis_ijc * (filters_c * x_j): one batched matmul per block, never a
@@ -257,10 +271,10 @@ def _energies(tf, config: PotentialConfig, weights: list, species, positions):
         weighted = x[:, :, :, None, :] * filters[:, None, None]  # (K, B, N, C, F)
         message = tf.matmul(basis, tf.reshape(weighted, [members * batch, n * channels, features]))
         message = tf.reshape(message, [members, batch, n, features]) / config.aggregation_norm
-        update = _shifted_softplus(tf, _dense(tf, message, w[f"interaction{i}_kernel1"], w[f"interaction{i}_bias1"]))
-        h = h + _dense(tf, update, w[f"interaction{i}_kernel2"], w[f"interaction{i}_bias2"])
-    hidden = _shifted_softplus(tf, _dense(tf, h, w["readout_kernel1"], w["readout_bias1"]))
-    atomic = _dense(tf, hidden, w["readout_kernel2"], w["readout_bias2"])[..., 0] * mask  # (K, B, N)
+        update = _shifted_softplus(tf, dense(message, w[f"interaction{i}_kernel1"], w[f"interaction{i}_bias1"]))
+        h = h + dense(update, w[f"interaction{i}_kernel2"], w[f"interaction{i}_bias2"])
+    hidden = _shifted_softplus(tf, dense(h, w["readout_kernel1"], w["readout_bias1"]))
+    atomic = dense(hidden, w["readout_kernel2"], w["readout_bias2"])[..., 0] * mask  # (K, B, N)
     return tf.reduce_sum(atomic, axis=-1)
 
 
@@ -277,8 +291,8 @@ def _network(config: PotentialConfig, n_members: int):
                             for name, shape in _weight_shapes(config)]
             self.built = True
 
-        def call(self, species, positions):
-            return _energies(tf, config, [w.value for w in self.stacked], species, positions)
+        def call(self, species, positions, fold=False):
+            return _energies(tf, config, [w.value for w in self.stacked], species, positions, fold=fold)
 
     return StackedSchNet()
 
@@ -404,8 +418,9 @@ class _Trainer:
 
         self.batch_size = batch_size
         self.model = _network(config, 1)
-        import os
-        self.optimizer = keras.optimizers.Adam(learning_rate=1e-3, global_clipnorm=float(os.environ["CLIP"]) if "CLIP" in os.environ else None)
+        # Clipping the gradient norm tames the rare batch with a very distorted structure (forces of tens of eV/Å),
+        # which is what lets the high learning rate below train fast without diverging.
+        self.optimizer = keras.optimizers.Adam(learning_rate=1e-3, global_clipnorm=1.0)
         self.optimizer.build(self.model.trainable_variables)
         self._steps: dict[int, Any] = {}
 
@@ -432,7 +447,7 @@ class _Trainer:
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
                     inner.watch(positions)
-                    predicted = model(species, positions)
+                    predicted = model(species, positions, fold=True)
                 predicted_forces = -inner.gradient(predicted, positions)[0]
                 energy_mse = tf.reduce_mean(tf.square((predicted[0] - energies) / n_atoms))
                 force_mse = (tf.reduce_sum(tf.square(predicted_forces - forces) * mask[..., None])
@@ -482,10 +497,10 @@ def train_potential(
     frames: list[Atoms],
     *,
     seed: int,
-    epochs: int = 16,
+    epochs: int = 30,
     batch_size: int = 16,
-    learning_rate: float = 1e-3,
-    force_weight: float = 1.0,
+    learning_rate: float = 1e-2,
+    force_weight: float = 0.1,
     bootstrap: bool = True,
     max_time: float | None = None,
     size_buckets: int = 3,
