@@ -425,10 +425,32 @@ class ForcefieldThinker(SteeringThinker):
             return not self.initial_jobs and self.qc_done >= self.qc_submitted and n_train >= 2
         return n_train - self._trained_at >= self.plan.retrain_after
 
+    def _nothing_left_to_train(self) -> bool:
+        """Budget spent, no round running, nothing new since the last one (the last QC calls all failed)."""
+        return (self.qc_done >= self.plan.qc_budget and not self._training and self._final_round is None
+                and self.model_round > 0 and len(self.training_frames) <= self._trained_at)
+
+    def _cannot_start(self) -> bool:
+        """Every initial calculation is back and fewer than two succeeded: there is nothing to train on."""
+        return (self.model_round == 0 and self.training_round == 0 and not self.initial_jobs
+                and self.qc_done >= self.qc_submitted > 0 and len(self.training_frames) < 2)
+
     @agent
     def submit_training(self) -> None:
-        """Launch a round: every member fine-tunes from its previous weights on its own bootstrap sample."""
-        while self._wait(self._training_due):
+        """Launch a round: every member fine-tunes from its previous weights on its own bootstrap sample.
+
+        Raises:
+            RuntimeError: the initial QC calculations left fewer than two structures to train on.
+        """
+        while self._wait(lambda: self._training_due() or self._nothing_left_to_train() or self._cannot_start()):
+            if self._cannot_start():
+                raise RuntimeError(f"only {len(self.training_frames)} of {self.qc_done} initial QC calculations "
+                                   "succeeded: nothing to train on (see simulation_records.jsonl for the reasons)")
+            if self._nothing_left_to_train():  # the current ensemble is the final one
+                with self._state:
+                    self._final_round = self.model_round
+                self._start_stability()
+                continue
             with self._state:
                 self._training = True
                 self.training_round += 1
