@@ -61,6 +61,7 @@ def _local_executor(label: str, workers: int, threads_per_task: int, run_dir: Pa
             worker_init=(
                 f"export PATH={bin_dir}:$PATH OMP_NUM_THREADS={threads_per_task} "
                 f"OPENBLAS_NUM_THREADS={threads_per_task} MKL_NUM_THREADS={threads_per_task} "
+                f"TF_NUM_INTRAOP_THREADS={threads_per_task} TF_NUM_INTEROP_THREADS=1 "
                 "TF_CPP_MIN_LOG_LEVEL=2"
             ),
         ),

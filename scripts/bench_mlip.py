@@ -32,8 +32,9 @@ import numpy as np  # noqa: E402
 from ase import Atoms, units  # noqa: E402
 from ase.build import molecule  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+from ase.constraints import FixCom  # noqa: E402
 from ase.md.langevin import Langevin  # noqa: E402
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution  # noqa: E402
+from ase.md.velocitydistribution import thermalize_momenta  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -100,9 +101,11 @@ def load_or_build(path: str | None, bases: list[Atoms], n: int, seed: int) -> tu
 def md_step_ms(potentials: list[mlip.Potential], atoms: Atoms, steps: int) -> tuple[float, float]:
     """Milliseconds per Langevin step (after a warm-up step), and the first call's seconds (trace and compile)."""
     atoms = atoms.copy()
+    atoms.set_constraint(FixCom())  # as methods/sampling.py runs it
+    thermalize_momenta(atoms, 300, rng=np.random.default_rng(0))
     atoms.calc = mlip.EnsembleCalculator(potentials)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01, rng=np.random.default_rng(0))
+    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, fixcm=False,
+                        rng=np.random.default_rng(0))
     start = time.perf_counter()
     atoms.get_forces()
     first = time.perf_counter() - start
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]  # other processes on the machine skew every timing below
     bases = base_molecules(args.source, args.molecules, args.seed)
     frames, label_time = load_or_build(args.data, bases, args.n_structures + args.n_test, args.seed)
     order = np.random.default_rng(args.seed).permutation(len(frames))
@@ -173,7 +177,8 @@ def main() -> None:
     print(f"\nMD ({len(largest)} atoms, Langevin): {md_single:.2f} ms/step with one model, {md_ensemble:.2f} ms/step "
           f"with {args.members}; first call {md_single_first:.2f} s / {md_ensemble_first:.2f} s")
     print(f"Start-up (TensorFlow import + first trace) {startup:.1f} s; pickled potential {size / 1024:.0f} KiB "
-          f"({members[0].n_parameters} parameters); traces {mlip.TRACE_COUNTS}")
+          f"({members[0].n_parameters} parameters); traces {mlip.TRACE_COUNTS}; load average "
+          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     member_times = [m.stats["train_time"] for m in members]
     result = {
@@ -194,6 +199,7 @@ def main() -> None:
         "md_ms_per_step": {"single": md_single, "ensemble": md_ensemble, "atoms": len(largest)},
         "md_first_call_s": {"single": md_single_first, "ensemble": md_ensemble_first},
         "pickle_bytes": size, "n_parameters": members[0].n_parameters, "traces": dict(mlip.TRACE_COUNTS),
+        "load_average": [load_before, os.getloadavg()[0]],
     }
     print(json.dumps(result))
 
