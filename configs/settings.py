@@ -207,6 +207,9 @@ class ForcefieldSettings(CommonSettings):
     train_epochs: Annotated[int, Field(gt=0)] = Field(
         60, description="Training epochs of later rounds (fine-tuning from each member's previous weights)"
     )
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = Field(
+        1e-2, description="Peak learning rate of every training round (cosine decay to a twentieth within a round)"
+    )
     parallel_samplers: Annotated[int, Field(gt=0)] = Field(
         2, description="MD runs kept going at once (slots move between sampling and QC as their queues change)"
     )

@@ -128,6 +128,7 @@ class ForcefieldPlan:
     retrain_after: int
     first_epochs: int
     train_epochs: int
+    learning_rate: float
     parallel_samplers: int
     qc_slots: int
     temperature: float
@@ -470,7 +471,8 @@ class ForcefieldThinker(SteeringThinker):
                 start = previous[member] if member < len(previous) else self.starting_model
                 self.queues.send_inputs(
                     start, data, method="train_potential", topic=FF_TRAIN_TOPIC,
-                    input_kwargs={"seed": self.plan.seed + 1000 * round_ + member, "epochs": epochs},
+                    input_kwargs={"seed": self.plan.seed + 1000 * round_ + member, "epochs": epochs,
+                                  "learning_rate": self.plan.learning_rate},
                     task_info={"round": round_, "member": member, "n_train": len(frames), "qc_calls": qc_calls,
                                "final": final, "hold": self._hold(start, data)},
                 )
