@@ -162,7 +162,7 @@ class TaskServerLost(RuntimeError):
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (from a batch scheduler or `kill`) takes the same clean shutdown path as Ctrl+C."""
+    """SIGINT (Ctrl+C) and SIGTERM (a batch scheduler, `kill`) take the same clean shutdown path."""
     raise KeyboardInterrupt
 
 
@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     redis_server = task_server = queues = thinker = assembly = None
     reason = "run stopped by an error"
     status = 1
+    # SIGINT explicitly too: a run started in the background by a non-interactive shell (a batch script,
+    # `nohup … &`) inherits SIGINT as ignored, and Python then never turns it into KeyboardInterrupt.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         assembly = assemble(settings, run_dir, task_config)
         password, redis_server = connect_redis(settings.redis_host, settings.redis_port, settings.redis_password,
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             if abandoned:
                 logger.warning("%d tasks were out and are recorded as not finished", abandoned)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if task_server is not None:
             try:
                 queues.send_kill_signal()
