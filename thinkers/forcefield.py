@@ -224,7 +224,6 @@ class ForcefieldThinker(SteeringThinker):
         self.test_handle: Any = None
         self._references_due = len(starts)
         self.stability_due = 0
-        self.evaluations: list[dict[str, Any]] = []
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -567,7 +566,6 @@ class ForcefieldThinker(SteeringThinker):
             metrics = dict(result.value)
             parity = {k: metrics.pop(k) for k in ("forces_true", "forces_pred") if k in metrics}
             record.update(metrics)
-            self.evaluations.append(record)
             if parity:
                 np.savez_compressed(self.run_dir.path / "test_parity.npz",
                                     **{k: np.asarray(v, dtype=np.float32) for k, v in parity.items()})
