@@ -31,10 +31,18 @@ import psutil
 from colmena.task_server import ParslTaskServer
 from pydantic import ValidationError
 
-from configs.services import AuthRedisQueues, ServiceError, become_subreaper, connect_redis, stop_descendants
+from configs.lifeline import mark_environment, start_watchdog, stop_leftovers
+from configs.services import (
+    AuthRedisQueues,
+    ServiceError,
+    become_subreaper,
+    connect_redis,
+    redis_answers,
+    stop_descendants,
+)
 from configs.settings import CampaignSettings, CommonSettings, ForcefieldSettings, SettingsError, load_qc_config
 from configs.sites import SITES, SiteOptions
-from thinkers.records import RunDirectory
+from thinkers.records import RunDirectory, RunDirectoryError
 
 logger = logging.getLogger("molsteer")
 PROGRESS_LOGGERS = ("molsteer", "thinkers.design", "thinkers.forcefield", "configs.services")
@@ -91,6 +99,10 @@ def build_parser(campaign: str = DEFAULT_CAMPAIGN) -> argparse.ArgumentParser:
             default = getattr(defaults, name)
             kwargs["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+    budget = "--" + settings_class.resume_budget.replace("_", "-")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS,
+                        help=f"Continue a stopped or killed run in RUN_DIR with its saved options (only a larger "
+                             f"{budget} may be given); finished results are kept, unfinished ones are redone")
     return parser
 
 
@@ -101,17 +113,86 @@ def split_campaign(argv: list[str]) -> tuple[str, list[str]]:
     return DEFAULT_CAMPAIGN, argv
 
 
-def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argparse.ArgumentParser]:
-    """Parse and validate; invalid values exit with status 2 and one line naming the option."""
-    campaign, argv = split_campaign(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser(campaign)
-    given = vars(parser.parse_args(argv))
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _validate(parser: argparse.ArgumentParser, settings_class: type[CommonSettings],
+              given: dict[str, typing.Any]) -> CommonSettings:
+    """Settings from option values; an invalid value exits with status 2 and one line naming the option."""
     try:
-        return campaign, CAMPAIGNS[campaign][0](**given), parser
+        return settings_class(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
+        where = _option(str(error["loc"][0])) if error["loc"] else "options"
         parser.error(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+
+
+def _take_resume(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Pull ``--resume DIR`` (or ``--resume=DIR``) out of the arguments; the rest are parsed as usual."""
+    rest, resume = [], None
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--resume":
+            resume = next(arguments, None)
+            if resume is None or resume.startswith("-"):
+                OneLineParser(prog="run.py").error("--resume: expected the run directory to continue")
+        elif argument.startswith("--resume="):
+            resume = argument.split("=", 1)[1]
+        else:
+            rest.append(argument)
+    if resume is not None and not resume.strip():
+        OneLineParser(prog="run.py").error("--resume: expected the run directory to continue")
+    return resume, rest
+
+
+def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argparse.ArgumentParser, Path | None]:
+    """Parse and validate the command line: the campaign, its settings, its parser and the run to resume (if any).
+
+    With ``--resume DIR`` the campaign and every option come from ``DIR/run_params.json``; only the campaign's
+    budget may be given again, larger (and ``--redis-password``, which is never saved). Anything else given is an
+    error that says so, rather than a silent change of a running campaign.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        resume = None
+    else:
+        resume, argv = _take_resume(argv)
+    named, rest = split_campaign(argv)
+    if resume is None:
+        parser = build_parser(named)
+        given = vars(parser.parse_args(rest))
+        return named, _validate(parser, CAMPAIGNS[named][0], given), parser, None
+
+    resume_dir = Path(resume)
+    try:
+        saved = RunDirectory.saved_params(resume_dir)
+    except RunDirectoryError as exc:
+        OneLineParser(prog="run.py").error(f"--resume: {exc}")
+    campaign = saved["campaign"]
+    if campaign not in CAMPAIGNS:
+        OneLineParser(prog="run.py").error(f"--resume: {resume_dir} holds an unknown campaign {campaign!r}")
+    if argv and argv[0] in CAMPAIGNS and argv[0] != campaign:
+        OneLineParser(prog="run.py").error(f"--resume: {resume_dir} is a {campaign} run, not {argv[0]}")
+    settings_class = CAMPAIGNS[campaign][0]
+    parser = build_parser(campaign)
+    given = vars(parser.parse_args(rest))
+    budget = settings_class.resume_budget
+    for name in given:
+        if name not in (budget, "redis_password"):
+            parser.error(f"{_option(name)}: cannot be changed when resuming (the run keeps its saved options; "
+                         f"only a larger {_option(budget)} may be given)")
+    params = {k: v for k, v in saved.items() if k in settings_class.model_fields}
+    if budget in given and given[budget] < params.get(budget, 0):
+        parser.error(f"{_option(budget)}: cannot be lowered when resuming (the run was started with "
+                     f"{params[budget]})")
+    params.update(given)
+    return campaign, _validate(parser, settings_class, params), parser, resume_dir
+
+
+def saved_parameters(campaign: str, settings: CommonSettings) -> dict[str, typing.Any]:
+    """What ``run_params.json`` keeps: every option with defaults filled in, except a password."""
+    return {"campaign": campaign, **settings.model_dump(mode="json", exclude={"redis_password"})}
 
 
 def configure_logging(log_file: Path) -> None:
@@ -166,22 +247,56 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def open_run_directory(campaign: str, settings: CommonSettings, parser: argparse.ArgumentParser,
+                       resume: Path | None) -> RunDirectory:
+    """A new run directory, or the resumed one (locked, its budget raised if a larger one was given)."""
+    if resume is None:
+        return RunDirectory.create(settings.runs_dir, saved_parameters(campaign, settings))
+    try:
+        run_dir = RunDirectory.reopen(resume)
+    except RunDirectoryError as exc:
+        parser.error(f"--resume: {exc}")
+    params = saved_parameters(campaign, settings)
+    if params != run_dir.read_json("run_params.json"):  # a larger budget is the run's plan from now on
+        run_dir.write_json("run_params.json", params)
+    return run_dir
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one campaign; returns the process exit status."""
-    campaign, settings, parser = parse_settings(argv)
+    """Run one campaign, or continue one (``--resume``); returns the process exit status."""
+    campaign, settings, parser, resume = parse_settings(argv)
     try:
         qc_machine = load_qc_config(settings.qc_config, settings.site)
     except SettingsError as exc:
         parser.error(str(exc))
 
     # Imported after validation, so `--help` and bad options answer at once.
-    assemble = importlib.import_module(CAMPAIGNS[campaign][1]).assemble
+    module = importlib.import_module(CAMPAIGNS[campaign][1])
+    check = getattr(module, "check", None)
+    if check is not None:  # campaign-specific input (a search space, starting molecules): before anything starts
+        try:
+            check(settings)
+        except SettingsError as exc:
+            parser.error(str(exc))
 
-    run_dir = RunDirectory.create(settings.runs_dir, {"campaign": campaign, **settings.model_dump(mode="json")})
+    run_dir = open_run_directory(campaign, settings, parser, resume)
     configure_logging(run_dir.path / "runtime.log")
+    if resume is not None:
+        logger.info("Resuming %s (attempt %d)", run_dir.path, run_dir.attempt + 1)
+        leftovers = stop_leftovers(run_dir.path)
+        if leftovers:
+            logger.warning("Stopped processes an earlier attempt left behind: %s", ", ".join(leftovers))
+    # Every process started from here on carries the run's marker; the watchdog stops them all if this one dies.
+    mark_environment(run_dir.path, run_dir.attempt)
+    watchdog = start_watchdog(run_dir.path, run_dir.attempt)
+    run_dir.register_process("main", os.getpid())
+    run_dir.register_process("watchdog", watchdog.pid)
+    run_dir.begin_attempt({"pid": os.getpid(), "command": sys.argv,
+                           settings.resume_budget: getattr(settings, settings.resume_budget)})
     become_subreaper()
     logger.info("Run directory: %s", run_dir.path)
-    run_dir.write_json("host_info.json", host_info())
+    run_dir.write_json("host_info.json" if run_dir.attempt == 0 else f"host_info.resume-{run_dir.attempt}.json",
+                       host_info())
     task_config = qc_machine.task_config(run_dir.path)
 
     start = time.monotonic()
@@ -193,18 +308,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        assembly = assemble(settings, run_dir, task_config)
+        assembly = module.assemble(settings, run_dir, task_config)
         password, redis_server = connect_redis(settings.redis_host, settings.redis_port, settings.redis_password,
                                                run_dir.path / "redis")
+        if redis_server is not None:
+            run_dir.register_process("redis", redis_server.process.pid)
         queues = AuthRedisQueues(assembly.topics, hostname=settings.redis_host, port=settings.redis_port,
                                  password=password, prefix=f"molsteer-{run_dir.name}", keep_inputs=False,
-                                 serialization_method="pickle")
+                                 serialization_method="pickle", max_retries=settings.max_retries)
         parsl_config = SITES[settings.site](
             run_dir.path, SiteOptions(settings.qc_workers, settings.ml_workers, qc_machine.ncores))
         (run_dir.path / "parsl_config.txt").write_text(repr(parsl_config) + "\n")
         task_server = ParslTaskServer([(method, {"executors": [label]}) for method, label in assembly.methods],
                                       queues, parsl_config)
         task_server.start()
+        run_dir.register_process("task_server", task_server.pid)
 
         thinker = assembly.build_thinker(queues)
         logger.info("Campaign: %s", assembly.description)
@@ -224,13 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("Interrupted: shutting down")
         status = 130
         reason = "run interrupted"
-    except TaskServerLost as exc:
-        logger.error("%s", exc)
+    except (TaskServerLost, ServiceError, SettingsError, RuntimeError) as exc:
         status = 1
-        reason = "task server lost"
-    except (ServiceError, SettingsError, RuntimeError) as exc:
-        logger.error("%s", exc)
-        status = 1
+        reason = "task server lost" if isinstance(exc, TaskServerLost) else reason
+        if queues is not None and not redis_answers(settings.redis_host, settings.redis_port, password):
+            reason = "Redis lost"
+            logger.error("Redis at %s:%d stopped answering, and the queues with it: the run cannot go on (%s)",
+                         settings.redis_host, settings.redis_port, exc)
+        else:
+            logger.error("%s", exc)
     finally:
         if thinker is not None and status != 0:
             abandoned = thinker.abandon_in_flight(reason)
@@ -247,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
             if task_server.is_alive():
                 task_server.terminate()
                 task_server.join(timeout=10)
+        keep = {watchdog.pid}
         redis_pid = {redis_server.process.pid} if redis_server is not None and redis_server.process else set()
-        leftovers = stop_descendants(keep=redis_pid)
+        leftovers = stop_descendants(keep=keep | redis_pid)
         if leftovers:
             logger.info("Stopped processes left after the task server: %s", ", ".join(leftovers))
         if redis_server is not None:
             redis_server.stop()
-        stop_descendants()
+        stop_descendants(keep=keep)
         if assembly is not None:
             try:
                 assembly.close()
@@ -263,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if assembly is not None:
             summary = assembly.summarize(time.monotonic() - start)
             summary["exit_status"] = status
+            summary["attempts"] = run_dir.attempt + 1
             run_dir.write_json("summary.json", summary)
             logger.info("Done in %.1f s. Results in %s", summary["wall_time"], run_dir.path)
             for line in assembly.headline(summary):
@@ -273,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("Report: %s", write_report(run_dir.path))
         except Exception:  # noqa: BLE001 - the records are safe; a broken plot must not hide the run's status
             logger.exception("Could not write the report; rerun python scripts/report.py %s", run_dir.path)
+        if status != 0:
+            logger.warning("Everything finished is recorded. To continue: python run.py --resume %s", run_dir.path)
+        watchdog.terminate()  # the run cleaned up after itself: the watchdog has nothing to do
+        watchdog.wait(timeout=10)
     return status
 
 

@@ -10,6 +10,7 @@ import ctypes
 import logging
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -57,6 +58,14 @@ def redis_answers(host: str, port: int, password: str | None, timeout: float = 1
         client.close()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel for SIGTERM when the parent dies (``PR_SET_PDEATHSIG``).
+
+    The first of several guards (see ``configs/lifeline.py``): redis-server goes the moment ``run.py`` does.
+    """
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 class ManagedRedis:
     """A ``redis-server`` owned by one run."""
 
@@ -87,7 +96,8 @@ class ManagedRedis:
             f"logfile {(self.work_dir / 'redis.log').resolve()}\ndaemonize no\n"
         )
         self.process = subprocess.Popen([executable, str(config)], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -138,9 +148,19 @@ def connect_redis(host: str, port: int, password: str | None, work_dir: Path) ->
 class AuthRedisQueues(RedisQueues):
     """Colmena's Redis queues, with a password (Colmena 0.7's own ``connect`` takes none)."""
 
-    def __init__(self, *args, password: str | None = None, **kwargs):
+    def __init__(self, *args, password: str | None = None, max_retries: int = 0, **kwargs):
         self.password = password  # set before the parent's __init__, which connects
+        self.max_retries = max_retries
         super().__init__(*args, **kwargs)
+
+    def send_inputs(self, *args, max_retries: int | None = None, **kwargs) -> str:
+        """Colmena's ``send_inputs``, with the run's ``--max-retries`` unless a caller asks otherwise.
+
+        Colmena's task server runs a task again when it fails as a task (its worker died under it, Parsl lost
+        the manager); a QC failure comes back as a successful task carrying a failed record, and is not rerun.
+        """
+        return super().send_inputs(*args, max_retries=self.max_retries if max_retries is None else max_retries,
+                                   **kwargs)
 
     def connect(self) -> None:
         """Connect with the password; the queue re-connects this way after being pickled to another process.

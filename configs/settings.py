@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -57,6 +57,16 @@ class CommonSettings(BaseModel):
         Path("qcengine.yml"), description="File with the machine-dependent QC settings (cores, memory, scratch)"
     )
     runs_dir: Path = Field(Path("runs"), description="Directory that receives one sub-directory per run")
+    qc_timeout: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Wall-time limit in seconds for each molecule's (each structure's) QC; beyond it the "
+        "calculation is stopped and recorded as failed (default: no limit)"
+    )
+    max_retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        2, description="Times a task is run again when its worker dies under it (a QC failure is not retried)"
+    )
+
+    resume_budget: ClassVar[str] = ""
+    """The one option ``--resume`` accepts (a larger budget); every other option keeps its saved value."""
 
     def _fill_level_of_theory(self) -> None:
         """Pick the code's default level of theory, so the saved parameters say what ran, and reject mismatches."""
@@ -75,6 +85,8 @@ class CommonSettings(BaseModel):
 
 class CampaignSettings(CommonSettings):
     """Everything that defines a molecular-design campaign (``python run.py design``); saved as ``run_params.json``."""
+
+    resume_budget: ClassVar[str] = "search_size"
 
     objective: str = Field(
         "ionization-energy",
@@ -173,6 +185,8 @@ class ForcefieldSettings(CommonSettings):
     The campaign learns an ensemble of interatomic potentials where molecular dynamics with the model goes,
     spending QC only on audits of sampled trajectories and on the structures the ensemble disagrees about most.
     """
+
+    resume_budget: ClassVar[str] = "qc_budget"
 
     qc_workers: Annotated[int, Field(gt=0)] = Field(
         1, description="Parsl workers in the qc partition (xTB energies and forces take milliseconds: one is plenty)"

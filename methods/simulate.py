@@ -12,13 +12,18 @@ Design notes (see ``../shared/FACTS.md`` for the measurements behind them):
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
+import psutil
 import qcelemental as qcel
 import qcengine as qcng
 from ase import Atoms
@@ -44,6 +49,51 @@ class QCFailure(RuntimeError):
     """A QC calculation that did not produce a usable result; the message says why."""
 
 
+class QCTimeout(QCFailure):
+    """A calculation stopped because it exceeded ``--qc-timeout``."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Stop the enclosed calculation after ``seconds`` of wall time, with :class:`QCTimeout`.
+
+    Implemented with ``SIGALRM``, which interrupts Python code (ASE's optimizer loop, QCEngine waiting for
+    NWChem) between two operations; any program the calculation started (NWChem, its MPI launcher) is killed,
+    so nothing keeps running after the limit. Parsl runs each task in its worker's main thread, where signals
+    can be used; elsewhere (a thread of a test) the limit cannot be enforced and is ignored with a debug note.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        if seconds:
+            logger.debug("--qc-timeout cannot be enforced outside a main thread; ignored")
+        yield
+        return
+    message = f"stopped after the QC time limit of {seconds:g} s (--qc-timeout)"
+    fired = threading.Event()
+
+    def expire(signum: int, frame: Any) -> None:
+        fired.set()
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        raise QCTimeout(message)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except QCTimeout:
+        raise
+    except Exception as exc:  # a library caught our exception and raised its own: it is still the time limit
+        if fired.is_set():
+            raise QCTimeout(message) from exc
+        raise
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    if fired.is_set():  # a library swallowed the exception and returned normally
+        raise QCTimeout(message)
+
+
 class QCSpec(BaseModel):
     """The level of theory and the objective, identical for every molecule of a campaign (``qc_spec.json``)."""
 
@@ -63,6 +113,9 @@ class QCSpec(BaseModel):
     )
     max_steps: int = Field(300, gt=0, description="Relaxation step limit; beyond it the molecule fails")
     seed: int = Field(0, description="Seed for the RDKit embedding")
+    timeout: float | None = Field(
+        None, gt=0, description="Wall-time limit per molecule (per structure), seconds; None for no limit"
+    )
 
     @property
     def units(self) -> str:
@@ -377,30 +430,8 @@ def evaluate_molecule(
             lap("lookup")
             record.timings["total"] = record.timings["lookup"]
             return record
-        structure = initial_structure(smiles, spec.seed, record)
-        lap("embed")
-        neutral = relax(structure, 0, 1, spec, task_config)
-        record.energies["neutral"] = neutral.energy
-        record.relax_steps["neutral"] = neutral.steps
-        lap("relax")
-        if spec.objective == "ionization-energy":
-            if spec.ie_type == "vertical":
-                cation_energy = single_point_energy(neutral.structure, 1, 2, spec, task_config)
-                lap("energy")
-            else:
-                cation = relax(neutral.structure, 1, 2, spec, task_config, hessian=neutral.hessian)
-                cation_energy = cation.energy
-                record.relax_steps["cation"] = cation.steps
-                lap("relax")
-            record.energies["cation"] = cation_energy
-            record.value = (cation_energy - neutral.energy) * HARTREE_TO_EV
-        else:
-            if atom_energies is None:
-                raise QCFailure("atomization energy requested without reference atom energies")
-            reference = sum(n * atom_energies[el] for el, n in element_counts(smiles).items())
-            record.value = (neutral.energy - reference) * HARTREE_TO_EV
-        if not np.isfinite(record.value):
-            raise QCFailure(f"non-finite objective value {record.value}")
+        with time_limit(spec.timeout):
+            _evaluate(smiles, spec, task_config, atom_energies, record, lap)
         record.success = True
     except (MoleculeError, QCFailure) as exc:
         record.failure_reason = str(exc)
@@ -412,6 +443,35 @@ def evaluate_molecule(
     record.timings["total"] = sum(record.timings.values())
     record.task_config = {k: task_config.get(k) for k in ("ncores", "memory", "scratch_directory")}
     return record
+
+
+def _evaluate(smiles: str, spec: QCSpec, task_config: dict[str, Any], atom_energies: dict[str, float] | None,
+              record: MoleculeResult, lap: Any) -> None:
+    """The QC of :func:`evaluate_molecule`: embed, relax, energies, objective value (raises on failure)."""
+    structure = initial_structure(smiles, spec.seed, record)
+    lap("embed")
+    neutral = relax(structure, 0, 1, spec, task_config)
+    record.energies["neutral"] = neutral.energy
+    record.relax_steps["neutral"] = neutral.steps
+    lap("relax")
+    if spec.objective == "ionization-energy":
+        if spec.ie_type == "vertical":
+            cation_energy = single_point_energy(neutral.structure, 1, 2, spec, task_config)
+            lap("energy")
+        else:
+            cation = relax(neutral.structure, 1, 2, spec, task_config, hessian=neutral.hessian)
+            cation_energy = cation.energy
+            record.relax_steps["cation"] = cation.steps
+            lap("relax")
+        record.energies["cation"] = cation_energy
+        record.value = (cation_energy - neutral.energy) * HARTREE_TO_EV
+    else:
+        if atom_energies is None:
+            raise QCFailure("atomization energy requested without reference atom energies")
+        reference = sum(n * atom_energies[el] for el, n in element_counts(smiles).items())
+        record.value = (neutral.energy - reference) * HARTREE_TO_EV
+    if not np.isfinite(record.value):
+        raise QCFailure(f"non-finite objective value {record.value}")
 
 
 def evaluate_molecules(
@@ -433,7 +493,8 @@ def _energy_forces(atoms: Atoms, spec: QCSpec, task_config: dict[str, Any]) -> d
     start = time.perf_counter()
     try:
         structure = Structure(tuple(atoms.get_chemical_symbols()), atoms.get_positions())
-        result = run_qcengine(structure, 0, 1, "gradient", spec, task_config)
+        with time_limit(spec.timeout):
+            result = run_qcengine(structure, 0, 1, "gradient", spec, task_config)
         energy = float(result.properties.return_energy) * HARTREE_TO_EV
         forces = -np.asarray(result.return_result, dtype=float).reshape(-1, 3) * HARTREE_TO_EV / BOHR_TO_ANGSTROM
         if forces.shape != (len(atoms), 3):

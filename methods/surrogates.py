@@ -158,7 +158,8 @@ class MPNNEnsemble(Surrogate):
 MODELS: dict[str, type[Surrogate]] = {"gc": GroupContributionModel, "knn": KNNModel, "mpnn": MPNNEnsemble}
 
 
-__all__ = ["MODELS", "MPNNEnsemble", "Surrogate", "make_model", "score_qm9", "train_mpnn", "train_surrogate"]
+__all__ = ["MODELS", "MPNNEnsemble", "Surrogate", "make_model", "score_qm9", "score_smiles", "train_mpnn",
+           "train_surrogate"]
 
 
 def make_model(name: str) -> Surrogate:
@@ -202,3 +203,19 @@ def score_qm9(model: Surrogate, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     features = load_qm9().smiles if model.feature_kind == "smiles" else qm9_features(model.feature_kind)
     mean, std = model.predict_features(features[np.asarray(rows, dtype=np.int64)])
     return mean.astype(np.float32), std.astype(np.float32)  # halves the result message; ranks are unchanged
+
+
+def score_smiles(model: Surrogate, smiles: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``ml`` scoring task for a user-supplied search space: predictions for molecules given as SMILES.
+
+    A user's library has no cached features on the workers, so each chunk is featurized here through the
+    model's own :meth:`Surrogate.predict`; the thinker sends chunks small enough for that to stay cheap. The
+    result has the layout of :func:`score_qm9` (float32 mean and standard deviation per molecule), with None
+    for the deviation of a model that gives none.
+    """
+    smiles = list(smiles)
+    if not smiles:  # scikit-learn rejects an empty feature matrix; an empty chunk simply scores nothing
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    mean, std = model.predict(smiles)
+    return (np.asarray(mean, dtype=np.float32),
+            None if std is None else np.asarray(std, dtype=np.float32))  # float32 halves the result message

@@ -32,6 +32,7 @@ from thinkers.records import (
     RL_RECORDS,
     SCREENING_RECORDS,
     SIMULATION_RECORDS,
+    SUBMITTED_RECORDS,
     TRAINING_RECORDS,
     RunDirectory,
     task_timing,
@@ -44,6 +45,56 @@ SCORE_CHUNK = 40_000
 
 INITIAL_BATCH = -1
 """Batch number of the initial random molecules; they are served before every model batch."""
+
+RL_AGENT_FILE = "rl_agent.pkl"
+"""The RL generator's agent, saved after every round so a resumed campaign keeps what it learned."""
+
+
+@dataclass
+class DesignHistory:
+    """What a resumed design campaign takes over from the records of its earlier attempts.
+
+    Attributes:
+        finished: Every molecule whose result (success or failure) is recorded, in order.
+        unfinished: Molecules sent to QC whose result never came back (killed, or recorded as abandoned).
+        next_batch: First batch number not used yet (newer batches have priority in the queue).
+        rounds: Model rounds trained so far.
+        next_submission: First QC submission number not used yet.
+        rl_agent: The RL agent as saved after its last round, or None.
+    """
+
+    finished: list[dict[str, Any]] = field(default_factory=list)
+    unfinished: list[dict[str, Any]] = field(default_factory=list)
+    next_batch: int = 0
+    rounds: int = 0
+    next_submission: int = 1
+    rl_agent: Any = None
+
+    @classmethod
+    def load(cls, run_dir: RunDirectory) -> DesignHistory:
+        """Rebuild the campaign's state from its records (nothing else is needed)."""
+        simulations = run_dir.read_records(SIMULATION_RECORDS)
+        finished = [r for r in simulations if not r.get("abandoned")]
+        done = {r["smiles"] for r in finished}
+        unfinished: dict[str, dict[str, Any]] = {}
+        submissions = run_dir.read_records(SUBMITTED_RECORDS)
+        keys = ("smiles", "row", "batch", "rank", "score")
+        for submission in submissions:
+            for info in submission.get("candidates", []):
+                if info["smiles"] not in done:
+                    unfinished.setdefault(info["smiles"], {k: info.get(k) for k in keys})
+        for record in simulations:
+            if record.get("abandoned") and record["smiles"] not in done:
+                unfinished.setdefault(record["smiles"], {k: record.get(k) for k in keys})
+        batches = [int(r["batch"]) for r in run_dir.read_records(SCREENING_RECORDS) if "batch" in r]
+        return cls(
+            finished=finished,
+            unfinished=list(unfinished.values()),
+            next_batch=max(batches, default=-1) + 1,
+            rounds=len(run_dir.read_records(TRAINING_RECORDS)),
+            next_submission=max((int(s.get("submission", 0)) for s in submissions), default=0) + 1,
+            rl_agent=run_dir.read_pickle(RL_AGENT_FILE),
+        )
 
 
 @dataclass(order=True)
@@ -106,6 +157,7 @@ class DesignThinker(SteeringThinker):
         pool_smiles: np.ndarray,
         pool_rows: np.ndarray,
         qc_args: tuple[Any, ...],
+        history: DesignHistory | None = None,
     ):
         """Create the thinker.
 
@@ -116,6 +168,7 @@ class DesignThinker(SteeringThinker):
             pool_smiles: SMILES of every molecule of the search space's source (QM9 row order).
             pool_rows: Rows of ``pool_smiles`` that form the search space.
             qc_args: Arguments after the SMILES list for ``evaluate_molecules`` (spec, task config, atom energies).
+            history: What earlier attempts recorded, when the campaign is resumed.
         """
         super().__init__(queues, ResourceCounter(plan.parallel_guesses, ["qc"]))
         self.rec.reallocate(None, "qc", plan.parallel_guesses)
@@ -144,8 +197,41 @@ class DesignThinker(SteeringThinker):
 
         self._done_at_training = 0
         self._warned_no_std = False
+        self._submissions = itertools.count(1)
         self._rng = np.random.default_rng(plan.seed)
+        # The same random start as the first attempt (same seed, nothing tried yet); on a resume the molecules
+        # already recorded are skipped when they come up.
         self._enqueue_random(plan.initial_count)
+        if history is not None:
+            self._take_over(history)
+
+    def _take_over(self, history: DesignHistory) -> None:
+        """Continue from earlier attempts: their results count, their unfinished molecules go first."""
+        for record in history.finished:
+            self.n_done += 1
+            self.attempted_smiles.add(record["smiles"])
+            if record.get("row") is not None and int(record["row"]) >= 0:
+                self.attempted.add(int(record["row"]))
+            if record.get("success"):
+                value = float(record["value"])
+                self.database[record["smiles"]] = value
+                if self.best is None or self._is_better(value, self.best[1]):
+                    self.best = (record["smiles"], value)
+            else:
+                self.n_failed += 1
+        self.n_submitted = self.n_done
+        for rank, info in enumerate(history.unfinished):  # they were the most urgent when the run stopped
+            item = candidate(info["smiles"], int(info["row"]) if info.get("row") is not None else -1,
+                             int(info["batch"]), int(info["rank"] or 0), info.get("score"))
+            item.priority = (-np.inf, -len(history.unfinished) + rank)
+            self.task_queue.put(item)
+        self._batches = itertools.count(history.next_batch)
+        self._round = history.rounds
+        self._submissions = itertools.count(history.next_submission)
+        self.rl_agent = history.rl_agent
+        logger.info("Resumed: %d molecules recorded (%d failed), %d unfinished to redo, best %s", self.n_done,
+                    self.n_failed, len(history.unfinished),
+                    f"{self.best[1]:.4g} {self.plan.units} ({self.best[0]})" if self.best else "none yet")
 
     # --- shared bookkeeping -------------------------------------------------------------------------
 
@@ -180,6 +266,9 @@ class DesignThinker(SteeringThinker):
             with self._state:
                 remaining = self.plan.total_evaluations - self.n_submitted
             if remaining <= 0:
+                with self._state:
+                    if self.n_done >= self.plan.total_evaluations:  # a resume of a finished campaign
+                        self.done.set()
                 return  # budget fully submitted; results still arriving release slots, nothing more to send
             try:
                 item = self.task_queue.get(timeout=0.5)
@@ -205,8 +294,10 @@ class DesignThinker(SteeringThinker):
             self.n_submitted += len(batch)
             self.attempted.update(c.row for c in batch if c.row >= 0)
             self.attempted_smiles.update(c.smiles for c in batch)
-            submission = self.n_submitted
+            submission = next(self._submissions)
             self.in_flight[submission] = candidates
+        # Durable before it is sent: a resume redoes exactly what was out when the run was killed.
+        self.run_dir.records(SUBMITTED_RECORDS).write({"submission": submission, "candidates": candidates})
         self.queues.send_inputs(
             [c.smiles for c in batch],
             *self.qc_args,
@@ -244,7 +335,7 @@ class DesignThinker(SteeringThinker):
                     self.n_failed += 1
                 n_done, n_failed, best = self.n_done, self.n_failed, self.best
                 self._state.notify_all()
-            writer.write({**outcome, **info, "source": source, "n_done": n_done,
+            writer.write({**outcome, **info, "source": source, "n_done": n_done, "retries": result.retries,
                           "elapsed": time.monotonic() - self.start_time, **timing})
             if not outcome["success"]:
                 self.logger.warning("QC failed for %s: %s", outcome["smiles"], outcome["failure_reason"])
@@ -415,6 +506,7 @@ class DesignThinker(SteeringThinker):
             self.logger.error("RL generation failed: %s", record["failure_reason"])
             return np.array([], dtype=str), np.zeros(0), None
         proposals, self.rl_agent, stats = result.value
+        self.run_dir.write_pickle(RL_AGENT_FILE, self.rl_agent)  # a resume continues with what it has learned
         self.run_dir.records(RL_RECORDS).write({**record, **stats,
                                                 "top": proposals[:10]})
         smiles = np.array([p["smiles"] for p in proposals], dtype=str)
@@ -492,39 +584,55 @@ def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[st
     return result.value
 
 
-def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
-    """The design campaign's one assembly point: validated settings → task-server methods and a thinker factory.
-
-    Loads the QM9 search space, saves the level of theory (``qc_spec.json``), and, once the task server runs,
-    computes the reference atom energies the atomization objective needs before the thinker starts.
+def check(settings: Any) -> None:
+    """Reject settings that cannot run, before anything starts or any run directory is made.
 
     Raises:
         SettingsError: the pool is smaller than the QC budget.
     """
     from configs.settings import SettingsError
+
+    if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:
+        raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
+                            f"({settings.total_evaluations} evaluations)")
+
+
+def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
+    """The design campaign's one assembly point: validated settings → task-server methods and a thinker factory.
+
+    Loads the QM9 search space, saves the level of theory (``qc_spec.json``), and, once the task server runs,
+    computes the reference atom energies the atomization objective needs before the thinker starts. A resumed
+    run (``run_dir.attempt > 0``) takes its state over from the records (:class:`DesignHistory`) and reuses the
+    saved atom energies.
+    """
     from methods.data import load_qm9, sample_pool
     from methods.rl import generate_molecules
     from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
     from methods.surrogates import score_qm9, train_mpnn, train_surrogate
     from thinkers.records import summarize
 
+    check(settings)
     spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis,
-                  objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed)
+                  objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed,
+                  timeout=settings.qc_timeout)
     run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
     qm9 = load_qm9()
-    if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:
-        raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
-                            f"({settings.total_evaluations} evaluations)")
     pool_rows = sample_pool(len(qm9), settings.pool_size, settings.seed)
+    history = DesignHistory.load(run_dir) if run_dir.attempt > 0 else None
 
     def build_thinker(queues: ColmenaQueues) -> DesignThinker:
         atom_energies = None
         if settings.objective == "atomization-energy" and settings.qc_code != "qm9":
-            atom_energies = request_atom_energies(queues, spec, task_config)
-            run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
+            saved = run_dir.path / "atom_energies.json"
+            if history is not None and saved.exists():
+                atom_energies = run_dir.read_json("atom_energies.json")["energies"]
+            else:
+                atom_energies = request_atom_energies(queues, spec, task_config)
+                run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
             logger.info("Reference atom energies (Hartree): %s", atom_energies)
         plan = DesignPlan.from_settings(settings, units=spec.units)
-        return DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies))
+        return DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies),
+                             history)
 
     def headline(summary: dict[str, Any]) -> list[str]:
         utilization = summary["qc_utilization"]

@@ -4,16 +4,26 @@ Every run writes the same files, whichever campaign or site it uses, so reports,
 resuming a killed campaign read one format:
 
 * ``run_params.json``, ``qc_spec.json``, ``host_info.json``, ``parsl_config.txt``, ``runtime.log``
-* ``<kind>_records.jsonl``: one JSON object per line, appended and flushed as events happen, so a killed run
-  keeps everything it finished
+* ``<kind>_records.jsonl``: one JSON object per line, appended, flushed and fsynced as events happen, so a
+  killed run keeps everything it finished; each line says which attempt wrote it (``resume``: 0 for the first
+  run, 1 for the first resume, ...)
+* ``attempt_records.jsonl``: one line per start of the run (the first one and every ``--resume``)
+* ``processes.json``: the processes the current attempt started, so a resume can stop what a killed run left
 * ``summary.json`` at the end
+
+A record counts once its line is on disk. A line torn by a kill (no final newline, or not JSON) is moved to
+``<file>.torn`` with a warning when the file is next opened for writing, and skipped with a warning when read,
+so it never breaks a resume or a summary.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import math
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +35,16 @@ SIMULATION_RECORDS = "simulation_records.jsonl"
 SCREENING_RECORDS = "screening_records.jsonl"
 TRAINING_RECORDS = "training_records.jsonl"
 RL_RECORDS = "rl_records.jsonl"
+SUBMITTED_RECORDS = "submitted_records.jsonl"
+ATTEMPT_RECORDS = "attempt_records.jsonl"
+PROCESSES_FILE = "processes.json"
+LOCK_FILE = ".lock"
+
+logger = logging.getLogger(__name__)
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used: missing, not a molsteer run, or in use by a running process."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,20 +60,89 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class JsonlWriter:
-    """Thread-safe appender of JSON lines; each line is flushed at once."""
+def set_aside_torn_tail(path: Path) -> str | None:
+    """Move a last line without its newline (a write cut by a kill) to ``<file>.torn``; returns it, if any.
 
-    def __init__(self, path: Path):
+    Appending after a torn line would glue the next record onto it and lose both, so every writer calls this
+    before its first append.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb+") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 1))
+        if handle.read(1) == b"\n":
+            return None
+        # Find the last complete line: read backwards in blocks until a newline shows up.
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            block = handle.read(end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        handle.seek(keep)
+        torn = handle.read()
+        with open(path.with_name(path.name + ".torn"), "ab") as aside:
+            aside.write(torn + b"\n")
+            aside.flush()
+            os.fsync(aside.fileno())
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    text = torn.decode("utf-8", errors="replace")
+    logger.warning("%s ended in a line cut short by a kill; set aside in %s.torn: %.80s", path.name, path.name, text)
+    return text
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete record of a JSON-lines file; a torn or corrupt line is skipped with a warning."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s line %d is not a complete record (cut by a kill?); skipped", path.name, number)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+class JsonlWriter:
+    """Thread-safe appender of JSON lines; each line is flushed and fsynced before ``write`` returns.
+
+    Records are the campaign's memory across kills: a result counts only once it is durably on disk, so
+    ``write`` does not return before the operating system says so. An fsync costs about a millisecond here,
+    far below any QC task.
+    """
+
+    def __init__(self, path: Path, stamp: dict[str, Any] | None = None):
         self.path = path
+        self.stamp = dict(stamp or {})
         self._lock = threading.Lock()
+        set_aside_torn_tail(path)
         self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record."""
-        line = json.dumps(_jsonable(record), allow_nan=False)
+        """Append one record (with the writer's stamp, such as the attempt number) and make it durable."""
+        line = json.dumps(_jsonable({**record, **self.stamp}), allow_nan=False)
         with self._lock:
+            if self._handle.closed:  # a late result after shutdown began: reopen rather than lose it
+                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._handle.write(line + "\n")
             self._handle.flush()
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         """Close the file."""
@@ -68,12 +157,19 @@ def parameter_hash(params: dict[str, Any]) -> str:
 
 
 class RunDirectory:
-    """``runs/<UTC time>-<parameter hash>/`` and the files in it."""
+    """``runs/<UTC time>-<parameter hash>/`` and the files in it.
 
-    def __init__(self, path: Path):
+    One process at a time owns a run directory: :meth:`create` and :meth:`reopen` take a POSIX lock on
+    ``.lock`` that the kernel releases when the process dies however it dies (``kill -9`` included), and that
+    forked children (the task server) do not inherit. ``attempt`` is 0 for a new run and counts resumes.
+    """
+
+    def __init__(self, path: Path, attempt: int = 0):
         self.path = Path(path)
+        self.attempt = attempt
         self._writers: dict[str, JsonlWriter] = {}
         self._lock = threading.Lock()
+        self._lock_handle: Any = None
 
     @classmethod
     def create(cls, root: Path, params: dict[str, Any]) -> RunDirectory:
@@ -86,8 +182,57 @@ class RunDirectory:
             path = base.with_name(f"{base.name}-{n}")
         path.mkdir(parents=True)
         run_dir = cls(path)
+        run_dir._take_lock()
         run_dir.write_json("run_params.json", params)
         return run_dir
+
+    @staticmethod
+    def saved_params(path: Path) -> dict[str, Any]:
+        """The parameters a run was started with, read without touching the directory.
+
+        Raises:
+            RunDirectoryError: not a directory, or no readable ``run_params.json`` in it.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirectoryError(f"{path} is not a directory")
+        try:
+            params = json.loads((path / "run_params.json").read_text())
+        except FileNotFoundError:
+            raise RunDirectoryError(f"{path} is not a molsteer run directory (no run_params.json)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunDirectoryError(f"{path}/run_params.json cannot be read: {exc}") from None
+        if not isinstance(params, dict) or "campaign" not in params:
+            raise RunDirectoryError(f"{path}/run_params.json does not describe a molsteer campaign")
+        return params
+
+    @classmethod
+    def reopen(cls, path: Path) -> RunDirectory:
+        """Take over an existing run directory for the next attempt (``--resume``).
+
+        Raises:
+            RunDirectoryError: not a run directory, or another process still runs it.
+        """
+        cls.saved_params(path)
+        attempts = read_jsonl(Path(path) / ATTEMPT_RECORDS)
+        run_dir = cls(Path(path), attempt=1 + max((int(a.get("resume", 0)) for a in attempts), default=0))
+        run_dir._take_lock()
+        return run_dir
+
+    def _take_lock(self) -> None:
+        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held for the life of the process
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            owner = self.read_processes().get("main", {}).get("pid", "unknown")
+            raise RunDirectoryError(f"{self.path} is in use by a running molsteer process (pid {owner}); "
+                                    "stop it first, or wait for it to end") from None
+        self._lock_handle = handle
+
+    def begin_attempt(self, info: dict[str, Any]) -> None:
+        """Record that this attempt started (the first run or a resume), with what started it."""
+        self.records(ATTEMPT_RECORDS).write({"started": datetime.now(UTC).isoformat(), **info})
 
     @property
     def name(self) -> str:
@@ -95,29 +240,78 @@ class RunDirectory:
         return self.path.name
 
     def write_json(self, name: str, data: Any) -> Path:
-        """Write a JSON document into the run directory."""
+        """Write a JSON document into the run directory, atomically (a kill leaves the old or the new one)."""
         target = self.path / name
-        target.write_text(json.dumps(_jsonable(data), indent=2, default=str) + "\n")
+        temporary = target.with_name(f".{name}.tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(_jsonable(data), indent=2, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
         return target
 
     def read_json(self, name: str) -> Any:
         """Read a JSON document from the run directory."""
         return json.loads((self.path / name).read_text())
 
+    def write_pickle(self, name: str, obj: Any) -> Path:
+        """Save steering state (an RL agent, a model) atomically, for a later resume."""
+        import pickle
+
+        target = self.path / name
+        temporary = target.with_name(f".{name}.tmp")
+        with open(temporary, "wb") as handle:
+            pickle.dump(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        return target
+
+    def read_pickle(self, name: str) -> Any:
+        """Load what :meth:`write_pickle` saved; None when it was never saved (or cannot be read)."""
+        import pickle
+
+        try:
+            with open(self.path / name, "rb") as handle:
+                return pickle.load(handle)  # noqa: S301 - our own file, in our own run directory
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - lost state is rebuilt from the records; say so, do not fail the resume
+            logger.warning("Could not read %s; starting that state afresh", name, exc_info=True)
+            return None
+
+    def register_process(self, role: str, pid: int) -> None:
+        """Remember a process this attempt started (pid and start time), so a resume can stop it if it outlives us."""
+        import psutil
+
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return
+        with self._lock:
+            processes = self.read_processes() if self.read_processes().get("_attempt") == self.attempt else {}
+            processes["_attempt"] = self.attempt
+            processes[role] = {"pid": pid, "create_time": created}
+            self.write_json(PROCESSES_FILE, processes)
+
+    def read_processes(self) -> dict[str, Any]:
+        """The processes the latest attempt registered (empty when none or unreadable)."""
+        try:
+            data = json.loads((self.path / PROCESSES_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def records(self, name: str) -> JsonlWriter:
-        """The (shared) appender for a records file."""
+        """The (shared) appender for a records file; every line it writes carries this attempt's number."""
         with self._lock:
             if name not in self._writers:
-                self._writers[name] = JsonlWriter(self.path / name)
+                self._writers[name] = JsonlWriter(self.path / name, {"resume": self.attempt})
             return self._writers[name]
 
     def read_records(self, name: str) -> list[dict[str, Any]]:
-        """All records of a file (empty when the file does not exist yet)."""
-        path = self.path / name
-        if not path.exists():
-            return []
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        """All complete records of a file, every attempt's (empty when the file does not exist yet)."""
+        return read_jsonl(self.path / name)
 
     def close(self) -> None:
         """Close every records file."""

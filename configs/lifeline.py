@@ -1,0 +1,194 @@
+"""Nothing a run starts outlives it, even when ``run.py`` itself is killed with ``kill -9``.
+
+``run.py`` stops its children itself on every exit it sees (normal end, error, Ctrl+C, SIGTERM). ``kill -9``,
+the out-of-memory killer or a crash of the interpreter give it no chance to, so three mechanisms cover them:
+
+* **A marker in the environment.** ``run.py`` sets ``MOLSTEER_RUN=<run directory>#<attempt>`` before it starts
+  anything; every process it starts after that (redis-server, the Parsl interchange, the workers, xTB or
+  NWChem) inherits it, however deep, and ``/proc/<pid>/environ`` shows it.
+* **A watchdog.** A small process in its own session (so Ctrl+C in the terminal and a kill of the process
+  group spare it) polls its parent twice a second. When ``run.py`` is gone, it stops every process with this
+  attempt's marker, and those ``run.py`` registered in ``processes.json`` (the forked task server, which has
+  no exec'd environment of its own), then exits. It acts within about a second; the tests allow 60.
+* **A resume cleans up first.** ``--resume`` stops whatever an earlier attempt of the same run left (from
+  ``processes.json`` and the marker), in case the watchdog itself was killed.
+
+A process is only ever stopped when its pid *and* its start time match a record, or when its environment
+carries the run's marker: a reused pid is never mistaken for a leftover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+MARKER = "MOLSTEER_RUN"
+"""Environment variable that tags every process of a run: ``<absolute run directory>#<attempt>``."""
+
+
+def marker_value(run_path: Path, attempt: int) -> str:
+    """The marker of one attempt of one run."""
+    return f"{Path(run_path).resolve()}#{attempt}"
+
+
+def mark_environment(run_path: Path, attempt: int) -> str:
+    """Tag this process's environment, so every process started from now on carries the run's marker."""
+    value = marker_value(run_path, attempt)
+    os.environ[MARKER] = value
+    return value
+
+
+def marked_processes(run_path: Path, attempt: int | None = None) -> list[psutil.Process]:
+    """Processes whose environment carries the run's marker (any attempt, or only ``attempt``); never this one."""
+    prefix = f"{Path(run_path).resolve()}#"
+    wanted = None if attempt is None else marker_value(run_path, attempt)
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            value = process.environ().get(MARKER)
+        except (psutil.Error, OSError):
+            continue
+        if value and (value == wanted if wanted else value.startswith(prefix)):
+            found.append(process)
+    return found
+
+
+def registered_processes(run_path: Path) -> list[psutil.Process]:
+    """Processes listed in ``processes.json`` that still run (pid and start time both match); never this one."""
+    try:
+        data = json.loads((Path(run_path) / "processes.json").read_text())
+    except (OSError, ValueError):
+        return []
+    found = []
+    for role, entry in data.items() if isinstance(data, dict) else ():
+        if role.startswith("_") or not isinstance(entry, dict):
+            continue
+        try:
+            process = psutil.Process(int(entry["pid"]))
+            if process.pid != os.getpid() and abs(process.create_time() - float(entry["create_time"])) < 0.01:
+                found.append(process)
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+def describe(process: psutil.Process) -> str:
+    """``name (pid)`` for log lines."""
+    try:
+        return f"{process.name()} ({process.pid})"
+    except psutil.Error:
+        return f"pid {process.pid}"
+
+
+def stop_processes(processes: list[psutil.Process], grace: float = 5.0) -> list[str]:
+    """SIGTERM, then SIGKILL whatever is still there after ``grace`` seconds; returns what was stopped."""
+    stopped = [describe(p) for p in processes]
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return stopped
+
+
+def with_descendants(processes: list[psutil.Process]) -> dict[int, psutil.Process]:
+    """The processes and all their descendants, by pid.
+
+    Needed because a process may hide its marker: Parsl's interchange and workers rename themselves
+    (``setproctitle``), which overwrites the environment ``/proc`` shows; they are still children of a
+    process that is found.
+    """
+    found = {p.pid: p for p in processes}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            found.update({c.pid: c for c in process.children(recursive=True)})
+    found.pop(os.getpid(), None)
+    return found
+
+
+def stop_leftovers(run_path: Path, attempt: int | None = None, rounds: int = 3) -> list[str]:
+    """Stop every process an attempt of this run left behind (all earlier attempts when ``attempt`` is None).
+
+    Several rounds, because stopping a parent can briefly leave a child that was being started.
+    """
+    stopped: list[str] = []
+    for _ in range(rounds):
+        candidates = marked_processes(run_path, attempt)
+        if attempt is None:
+            candidates += registered_processes(run_path)
+        found = with_descendants(candidates)
+        if not found:
+            break
+        stopped += stop_processes(list(found.values()))
+    return stopped
+
+
+def start_watchdog(run_path: Path, attempt: int) -> subprocess.Popen:
+    """Start the watchdog that cleans up after this process if it dies without doing so itself."""
+    log = open(Path(run_path) / "watchdog.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "configs.lifeline", "--parent", str(os.getpid()), "--run", str(run_path),
+             "--attempt", str(attempt)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    finally:
+        log.close()
+
+
+def _watch(parent: int, run_path: Path, attempt: int, period: float = 0.5) -> int:
+    """Wait for ``parent`` to die; then stop everything this attempt started. Exits quietly on SIGTERM.
+
+    While the parent lives, every process below it is remembered (pid and start time), so that after its death
+    even a process whose marker is hidden and whose own parent is gone is still known.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the run ended cleanly and is stopping us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seen: dict[tuple[int, float], psutil.Process] = {}
+    try:
+        root = psutil.Process(parent)
+    except psutil.Error:
+        root = None
+    while os.getppid() == parent:
+        if root is not None:
+            with contextlib.suppress(psutil.Error):
+                for child in root.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        if child.pid != os.getpid():
+                            seen.setdefault((child.pid, child.create_time()), child)
+        time.sleep(period)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    remembered = [p for p in seen.values() if p.is_running()]  # is_running also checks the start time
+    stopped = stop_processes(list(with_descendants(remembered).values()))
+    stopped += stop_leftovers(run_path, attempt)
+    stopped += stop_processes(list(with_descendants(registered_processes(run_path)).values()))
+    print(f"{stamp} run.py (pid {parent}) ended without cleaning up; stopped: {', '.join(stopped) or 'nothing'}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Stop a molsteer run's processes once its run.py has died")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--attempt", type=int, required=True)
+    options = parser.parse_args()
+    sys.exit(_watch(options.parent, options.run, options.attempt))

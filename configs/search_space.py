@@ -1,0 +1,435 @@
+"""A user-supplied search space (``--search-space``): a file of molecules, read, checked and canonicalized once.
+
+The campaign can only evaluate molecules its QC codes and surrogates handle: one neutral, closed-shell molecule
+of a few supported elements per entry. A library from elsewhere (a vendor catalogue, an enumeration) usually
+holds some entries that break those rules — salts, charged species, unsupported elements, typos — and it is
+far better to drop them here, say which lines and why, than to have a worker fail on them hours into a run.
+
+Problems with the file as a whole (missing, binary, not UTF-8, corrupt gzip, a CSV without a ``smiles``
+column, nothing usable in it) raise :class:`~configs.settings.SettingsError` with one line meant for the
+user; a single bad line is skipped and reported, never fatal. Files are streamed, so libraries of millions
+of molecules cost memory only for the molecules kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import logging
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from rdkit import Chem, RDLogger, rdBase
+
+from configs.settings import SettingsError
+
+logger = logging.getLogger(__name__)
+
+OPTION = "--search-space"
+"""The option that names the file: every error message starts with it, so the user knows what to fix."""
+
+DEFAULT_ELEMENTS = frozenset({"H", "C", "N", "O", "F"})
+"""The elements of QM9, which the surrogates were built for."""
+
+MAX_LINE_BYTES = 1 << 20
+"""Longest line read into memory; a longer one cannot be a molecule the campaign can use."""
+
+CHARS_PER_HEAVY_ATOM = 100
+"""Generous upper bound on SMILES characters per heavy atom (brackets, isotopes, explicit H, ring closures).
+
+SMILES longer than this bound times ``max_heavy_atoms`` are rejected before RDKit parses them: parsing a
+megabyte-long chain takes seconds, and such a line can never pass the size rule anyway.
+"""
+
+_SMILES_CHARS = re.compile(r"[!-~]+")
+"""Printable ASCII without space: RDKit silently drops what follows whitespace or odd characters otherwise."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The valid, unique molecules of a search-space file, and what was dropped from it and why.
+
+    Attributes:
+        path: The file read.
+        smiles: Canonical RDKit SMILES of every valid line, unique, in file order.
+        names: The name given with each molecule (text after the SMILES in ``.smi``; a ``name`` or ``id``
+            column in CSV), or None.
+        n_lines: Data lines read (header, blank and ``#`` comment lines excluded); every one of them is either
+            in ``smiles``, in ``skipped`` or counted in ``duplicates``.
+        skipped: ``(line number in the file, reason)`` for every invalid line, line numbers starting at 1.
+        duplicates: Valid lines whose canonical SMILES was already seen (dropped, not errors).
+    """
+
+    path: Path
+    smiles: list[str]
+    names: list[str | None]
+    n_lines: int
+    skipped: list[tuple[int, str]]
+    duplicates: int
+
+
+def skipped_summary(space: SearchSpace, first: int = 5) -> str:
+    """One line saying how many lines were skipped and why, with the first few reasons.
+
+    Kept to one line (and to ``first`` reasons) because it goes into log warnings and error messages, where a
+    list of thousands of bad lines would hide everything else.
+    """
+    lines = "line" if space.n_lines == 1 else "lines"
+    summary = f"{len(space.skipped)} of {space.n_lines} {lines} skipped"
+    if not space.skipped:
+        return summary
+    shown = "; ".join(f"line {number}: {reason}" for number, reason in space.skipped[:first])
+    more = "; ..." if len(space.skipped) > first else ""
+    return f"{summary} ({shown}{more})"
+
+
+def load_search_space(
+    path: Path | str, elements: frozenset[str] = DEFAULT_ELEMENTS, max_heavy_atoms: int = 30
+) -> SearchSpace:
+    """Read a search-space file, keeping each valid molecule once as canonical SMILES.
+
+    Formats: ``.csv`` is a table with a header row holding a ``smiles`` column (any case) and optionally a
+    ``name`` or ``id`` column; any other name is one SMILES per line, optionally followed by whitespace and a
+    name. A trailing ``.gz`` means gzip-compressed (``lib.smi.gz``, ``lib.csv.gz``). Blank lines and lines
+    starting with ``#`` are ignored.
+
+    A line is skipped, with its reason recorded, when its SMILES does not parse, or the molecule has an element
+    outside ``elements``, a formal charge, radical electrons, more than ``max_heavy_atoms`` heavy atoms, more
+    than one fragment, or no heavy atom at all: the QC codes and surrogates handle neutral closed-shell single
+    molecules only.
+
+    Args:
+        path: The file, as given to ``--search-space``.
+        elements: Element symbols a molecule may contain.
+        max_heavy_atoms: Most heavy (non-hydrogen) atoms a molecule may have.
+
+    Returns:
+        The valid molecules and the account of the dropped lines.
+
+    Raises:
+        SettingsError: the file cannot be used at all; the message is one line starting with
+            ``--search-space <path>:``.
+    """
+    path = Path(path)
+    prefix = f"{OPTION} {_printable(str(path))}:"
+    compressed = path.name.lower().endswith(".gz")
+    table = path.name.lower().removesuffix(".gz").endswith(".csv")
+    builder = _Builder(elements, max_heavy_atoms)
+    reader: _LineReader | None = None
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(str(path))
+        with _quiet_rdkit(), _open(path, compressed) as handle:
+            reader = _LineReader(handle, prefix, compressed)
+            rows = _csv_rows(reader, prefix) if table else _smi_rows(reader)
+            for number, smiles, name in rows:
+                builder.add(number, smiles, name)
+    except SettingsError:
+        raise
+    except FileNotFoundError as exc:
+        raise SettingsError(f"{prefix} the file does not exist") from exc
+    except IsADirectoryError as exc:
+        raise SettingsError(f"{prefix} is a directory, not a file of molecules") from exc
+    except PermissionError as exc:
+        raise SettingsError(f"{prefix} cannot be read: permission denied") from exc
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise SettingsError(f"{prefix} {_gzip_problem(exc, reader)}") from exc
+    except OSError as exc:
+        if compressed:
+            raise SettingsError(f"{prefix} {_gzip_problem(exc, reader)}") from exc
+        raise SettingsError(f"{prefix} cannot be read: {_one_line(exc.strerror or str(exc))}") from exc
+    except Exception as exc:  # noqa: BLE001 - any content must end in a message naming the file, never a traceback
+        where = f" (at line {reader.number})" if reader is not None and reader.number else ""
+        raise SettingsError(f"{prefix} cannot be read{where}: {_one_line(f'{type(exc).__name__}: {exc}')}") from exc
+
+    space = builder.result(path)
+    if space.n_lines == 0:
+        if reader is not None and reader.number == 0:
+            raise SettingsError(f"{prefix} the file is empty")
+        what = "a CSV header but no data rows" if table else "only blank or comment lines"
+        raise SettingsError(f"{prefix} the file has {what}")
+    if not space.smiles:
+        raise SettingsError(f"{prefix} no valid molecule in the file: {skipped_summary(space, first=3)}")
+    if space.skipped:
+        logger.warning("%s %s", prefix, skipped_summary(space))
+    if space.duplicates:
+        logger.info("%s %d duplicate molecules dropped", prefix, space.duplicates)
+    logger.info("%s %d molecules", prefix, len(space.smiles))
+    return space
+
+
+class _Builder:
+    """Collects the valid, unique molecules and the reasons for the rest, line by line."""
+
+    def __init__(self, elements: frozenset[str], max_heavy_atoms: int) -> None:
+        self.elements = frozenset(elements)
+        self.max_heavy_atoms = max_heavy_atoms
+        self.max_chars = CHARS_PER_HEAVY_ATOM * max(max_heavy_atoms, 1)
+        self.allowed = _element_list(self.elements)
+        self.smiles: list[str] = []
+        self.names: list[str | None] = []
+        self.seen: set[str] = set()
+        self.skipped: list[tuple[int, str]] = []
+        self.duplicates = 0
+        self.n_lines = 0
+
+    def add(self, number: int, smiles: str | None, name: str | None) -> None:
+        """Account for one data line: keep it, count it as a duplicate, or record why it was skipped."""
+        self.n_lines += 1
+        if smiles is None:
+            self.skipped.append((number, f"line longer than {MAX_LINE_BYTES} bytes"))
+            return
+        try:
+            canonical, reason = self.check(smiles)
+        except Exception as exc:  # noqa: BLE001 - one odd molecule must not stop the whole file
+            canonical, reason = None, f"RDKit could not process {_shown(smiles)} ({_one_line(str(exc))})"
+        if canonical is None:
+            self.skipped.append((number, reason or f"invalid SMILES {_shown(smiles)}"))
+        elif canonical in self.seen:
+            self.duplicates += 1
+        else:
+            self.seen.add(canonical)
+            self.smiles.append(canonical)
+            self.names.append(name)
+
+    def check(self, smiles: str) -> tuple[str | None, str | None]:
+        """Canonical SMILES of a valid molecule, or None and the first rule it breaks."""
+        if not smiles:
+            return None, "empty SMILES"
+        if not _SMILES_CHARS.fullmatch(smiles):
+            bad = next(c for c in smiles if not _SMILES_CHARS.fullmatch(c))
+            return None, f"unparsable SMILES {_shown(smiles)} (character {bad!r} cannot be in a SMILES)"
+        if len(smiles) > self.max_chars:
+            return None, (f"SMILES of {len(smiles)} characters is too long for at most "
+                          f"{self.max_heavy_atoms} heavy atoms")
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            return None, f"unparsable SMILES {_shown(smiles)}{_parse_problem(smiles)}"
+        fragments = len(Chem.GetMolFrags(mol))
+        if fragments > 1:
+            return None, f"{fragments} fragments (a salt or mixture, not one molecule)"
+        for atom in mol.GetAtoms():
+            if atom.GetSymbol() not in self.elements:
+                return None, f"element {atom.GetSymbol()} is not supported ({self.allowed})"
+            if atom.GetTotalNumHs() and "H" not in self.elements:
+                return None, f"element H is not supported ({self.allowed})"
+        for atom in mol.GetAtoms():
+            if atom.GetFormalCharge():
+                charge = atom.GetFormalCharge()
+                return None, f"formal charge {charge:+d} on {atom.GetSymbol()} (atom {atom.GetIdx() + 1})"
+        for atom in mol.GetAtoms():
+            if atom.GetNumRadicalElectrons():
+                return None, f"radical electrons on {atom.GetSymbol()} (atom {atom.GetIdx() + 1})"
+        heavy = mol.GetNumHeavyAtoms()
+        if heavy > self.max_heavy_atoms:
+            return None, f"{heavy} heavy atoms (at most {self.max_heavy_atoms})"
+        if heavy == 0:
+            return None, "no heavy atoms"
+        return Chem.MolToSmiles(mol), None
+
+    def result(self, path: Path) -> SearchSpace:
+        """The collected molecules as a :class:`SearchSpace`."""
+        return SearchSpace(path=path, smiles=self.smiles, names=self.names, n_lines=self.n_lines,
+                           skipped=self.skipped, duplicates=self.duplicates)
+
+
+class _LineReader:
+    """Lines of a binary stream as text, with their line numbers; binary or non-UTF-8 content is an error.
+
+    Reading bytes and decoding line by line (rather than through a text wrapper) is what lets the error say
+    which line and byte offset is not UTF-8, and bounds the memory a single enormous line can take.
+    """
+
+    def __init__(self, handle: BinaryIO, prefix: str, compressed: bool) -> None:
+        self.handle = handle
+        self.prefix = prefix
+        self.compressed = compressed
+        self.number = 0  # number of the line read last (1-based); 0 before the first
+        self.offset = 0  # byte offset (of the uncompressed data) where the next line starts
+
+    def __iter__(self) -> Iterator[str | None]:
+        """Each line with its line ending, or None for a line longer than :data:`MAX_LINE_BYTES`."""
+        while True:
+            raw = self.handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            self.number += 1
+            start = self.offset
+            self.offset += len(raw)
+            if self.number == 1:
+                raw = self._first_line(raw)
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                self._skip_rest_of_line()
+                yield None
+                continue
+            nul = raw.find(b"\x00")
+            if nul >= 0:
+                raise SettingsError(f"{self.prefix} binary data (a NUL byte) at line {self.number}, "
+                                    f"{self._where(start + nul)}: not a text file of molecules")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SettingsError(
+                    f"{self.prefix} line {self.number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                    f"{self._where(start + exc.start)}): binary data, or text in another encoding; "
+                    "save it as UTF-8") from None
+
+    def _first_line(self, raw: bytes) -> bytes:
+        """Drop a UTF-8 byte-order mark; name the problem when the file is UTF-16 or gzip in disguise."""
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise SettingsError(f"{self.prefix} the file is UTF-16 text; save it as UTF-8")
+        if raw.startswith(b"\x1f\x8b") and not self.compressed:
+            raise SettingsError(f"{self.prefix} the file is gzip-compressed; give it a name ending in .gz")
+        return raw.removeprefix(b"\xef\xbb\xbf")
+
+    def _skip_rest_of_line(self) -> None:
+        """Consume an over-long line in bounded pieces, so it never sits in memory whole."""
+        while True:
+            piece = self.handle.readline(MAX_LINE_BYTES)
+            self.offset += len(piece)
+            if not piece or piece.endswith(b"\n"):
+                return
+
+    def _where(self, offset: int) -> str:
+        return f"byte offset {offset}" + (" of the uncompressed data" if self.compressed else "")
+
+
+def _smi_rows(reader: _LineReader) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, SMILES, name)`` of each data line of a SMILES file (one molecule per line)."""
+    header_possible = True
+    for line in reader:
+        if line is None:
+            header_possible = False
+            yield reader.number, None, None
+            continue
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split(maxsplit=1)
+        if header_possible and parts[0].lower() == "smiles":  # a column header, as some tools write one
+            header_possible = False
+            continue
+        header_possible = False
+        yield reader.number, parts[0], parts[1].strip() if len(parts) > 1 else None
+
+
+def _csv_rows(reader: _LineReader, prefix: str) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, SMILES, name)`` of each data row of a CSV file with a ``smiles`` column."""
+
+    def lines() -> Iterator[str]:
+        for line in reader:
+            if line is None:
+                raise SettingsError(f"{prefix} line {reader.number} is longer than {MAX_LINE_BYTES} bytes")
+            yield line
+
+    rows = csv.reader(lines(), strict=True)
+    header: list[str] | None = None
+    smiles_column = name_column = -1
+    while True:
+        start = reader.number + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            if header is None and reader.number:
+                raise SettingsError(f"{prefix} the file has only blank or comment lines, no CSV header") from None
+            return
+        except csv.Error as exc:
+            raise SettingsError(f"{prefix} malformed CSV row at line {start}: {_one_line(str(exc))}") from exc
+        if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+            continue
+        if header is None:
+            header = [cell.strip().lower() for cell in row]
+            if "smiles" not in header:
+                columns = ", ".join(_shown(cell, 20) for cell in row[:8]) + (", ..." if len(row) > 8 else "")
+                raise SettingsError(f"{prefix} the CSV header (line {start}) has no 'smiles' column "
+                                    f"(columns: {columns})")
+            smiles_column = header.index("smiles")
+            name_column = next((header.index(key) for key in ("name", "id") if key in header), -1)
+            continue
+        if len(row) != len(header):
+            raise SettingsError(f"{prefix} malformed CSV row at line {start}: {len(row)} fields, "
+                                f"the header has {len(header)}")
+        name = row[name_column].strip() if name_column >= 0 else ""
+        yield start, row[smiles_column].strip(), name or None
+
+
+@contextlib.contextmanager
+def _open(path: Path, compressed: bool) -> Iterator[BinaryIO]:
+    """The file as a binary stream, decompressed on the fly when it is gzip."""
+    with open(path, "rb") as raw:
+        if compressed:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield unzipped
+        else:
+            yield raw
+
+
+@contextlib.contextmanager
+def _quiet_rdkit() -> Iterator[None]:
+    """Silence RDKit's parse errors (one per bad line, on stderr) and restore the previous log levels.
+
+    Bad lines are reported through :class:`SearchSpace` and one warning; thousands of RDKit messages on the
+    terminal would only bury that.
+    """
+    enabled = [line.split(":")[0] for line in rdBase.LogStatus().splitlines() if line.endswith(":enabled")]
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        yield
+    finally:
+        for name in enabled:
+            RDLogger.EnableLog(name)
+
+
+def _parse_problem(smiles: str) -> str:
+    """RDKit's reason a SMILES failed (valence, kekulization), since "unparsable" alone does not help fix it."""
+    try:
+        mol = Chem.MolFromSmiles(smiles, sanitize=False)
+        if mol is None:
+            return ""
+        Chem.SanitizeMol(mol)
+    except Exception as exc:  # noqa: BLE001 - RDKit's sanitization exceptions carry the reason as their text
+        return f" ({_one_line(str(exc))[:120]})"
+    return ""
+
+
+def _gzip_problem(exc: BaseException, reader: _LineReader | None) -> str:
+    """A user's description of a broken gzip file, with the line it broke in when any was read."""
+    line = reader.number if reader is not None else 0
+    where = f" (in line {line + 1})" if line or isinstance(exc, EOFError) else ""
+    if isinstance(exc, EOFError):
+        return f"the gzip file is truncated{where}"
+    return f"not a valid gzip file{where}: {_one_line(str(exc))}"
+
+
+def _element_list(elements: frozenset[str]) -> str:
+    """The allowed elements in periodic-table order (H, C, N, O, F), as the error messages list them."""
+    table = Chem.GetPeriodicTable()
+
+    def number(symbol: str) -> tuple[int, str]:
+        try:
+            return table.GetAtomicNumber(symbol), symbol
+        except Exception:  # noqa: BLE001 - an unknown symbol sorts last rather than failing
+            return 1000, symbol
+
+    with _quiet_rdkit():
+        return ", ".join(sorted(elements, key=number))
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A piece of the file quoted for a message: shortened, and with control characters escaped by repr."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace, so messages from libraries never break the one-line error format."""
+    return " ".join(text.split())
+
+
+def _printable(text: str) -> str:
+    """A path as the user typed it, or its repr when it holds characters that would break the line."""
+    return text if text.isprintable() else repr(text)
