@@ -8,25 +8,33 @@ import contextlib
 import csv
 import gzip
 import io
+import json
 import math
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rdkit import Chem, RDLogger
 
 import run
 from configs.search_space import SearchSpace, load_search_space
-from configs.settings import CommonSettings, QCMachineSettings, SettingsError, load_qc_config
+from configs.settings import (
+    CampaignSettings,
+    CommonSettings,
+    ForcefieldSettings,
+    QCMachineSettings,
+    SettingsError,
+    load_qc_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ELEMENTS = frozenset({"H", "C", "N", "O", "F"})
 
-FUZZ = settings(max_examples=300, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 
 
 def one_line(text: str) -> bool:
@@ -131,11 +139,11 @@ def check_load(path: Path, n_physical_lines: int | None = None) -> SearchSpace |
 @given(lines=st.lists(smi_line(), max_size=30), ending=st.sampled_from(["\n", "\r\n"]),
        suffix=st.sampled_from([".smi", ".txt", "", ".smi.gz", ".SMI"]), final_newline=st.booleans())
 def test_search_space_random_lines(lines, ending, suffix, final_newline):
-    text = ending.join(lines) + (ending if final_newline and lines else "")
+    data = encode_text(ending.join(lines) + (ending if final_newline and lines else ""))
     with tempfile.TemporaryDirectory() as directory:
-        space = check_load(write_file(directory, suffix, encode_text(text)), len(lines))
-        if space is not None and suffix != ".smi.gz":
-            assert space.n_lines <= len(lines)
+        space = check_load(write_file(directory, suffix, data), data.count(b"\n") + 1)
+        if space is not None:
+            assert space.n_lines <= data.count(b"\n") + 1
 
 
 @FUZZ
@@ -349,11 +357,29 @@ value = st.one_of(
 )
 
 
+ACTIONS = {option: action for campaign in ("design", "forcefield") for action in run.build_parser(campaign)._actions
+           for option in action.option_strings}
+
+
+def typed_value(option: str) -> st.SearchStrategy[str]:
+    """A value of the option's own type, so that many examples get past argparse into the settings' validation."""
+    action = ACTIONS[option]
+    if action.choices:
+        return st.sampled_from([str(choice) for choice in action.choices])
+    if action.type is int:
+        return st.one_of(st.integers(-3, 3), st.integers(1, 10**6), st.integers(-(2**64), 2**64)).map(str)
+    if action.type is float:
+        return st.one_of(st.floats(-10, 1e4), st.floats(), st.sampled_from([0.0, -0.0, 1e-300])).map(str)
+    return value
+
+
 @st.composite
 def argument(draw) -> list[str]:
-    kind = draw(st.sampled_from(["option value", "option value", "option value", "option", "option=value",
-                                 "unknown", "bare", "list", "help"]))
+    kind = draw(st.sampled_from(["typed value"] * 6 + ["option value", "option value", "option", "option=value",
+                                                       "unknown", "bare", "list", "help"]))
     option = draw(st.sampled_from(OPTIONS))
+    if kind == "typed value":
+        return [option, draw(typed_value(option))] if ACTIONS[option].nargs != 0 else [option]
     if kind == "option value":
         return [option, draw(value)]
     if kind == "option":
@@ -374,13 +400,18 @@ def argument(draw) -> list[str]:
        arguments=st.lists(argument(), max_size=6).map(lambda parts: [a for part in parts for a in part]),
        repeat=st.booleans())
 def test_cli_random_arguments(campaign, arguments, repeat):
-    argv = campaign + arguments + (arguments[:2] if repeat else [])
+    check_cli(campaign + arguments + (arguments[:2] if repeat else []))
+
+
+def check_cli(argv: list[str]) -> None:
+    """The property: settings, or exit 0 with the help, or exit 2 with one ``run.py...error:`` line; nothing else."""
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             result = run.parse_settings(argv)
     except SystemExit as exc:
         if exc.code == 0:
+            event("help")
             assert stdout.getvalue().startswith("usage: run.py"), argv
             assert stderr.getvalue() == ""
             return
@@ -389,9 +420,40 @@ def test_cli_random_arguments(campaign, arguments, repeat):
         assert one_line(message), (argv, message)
         assert message.startswith("run.py") and "error:" in message, (argv, message)
         assert "Traceback" not in message
+        event("exit 2: " + ("value rejected by the settings" if ": error: --" in message or ": error: options:"
+                            in message else "rejected by argparse"))
         return
+    event("settings returned")
     assert stderr.getvalue() == "", argv
     assert isinstance(result[1], CommonSettings)
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), no_line_breaks(max_size=12)),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(no_line_breaks(max_size=6), children, max_size=3),
+    max_leaves=6)
+FIELDS = sorted(set(CampaignSettings.model_fields) | set(ForcefieldSettings.model_fields))
+
+
+@st.composite
+def saved_run(draw) -> bytes:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=200))
+    params = draw(st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=5))
+    params["campaign"] = draw(st.one_of(st.sampled_from(["design", "forcefield"]), json_values))
+    return json.dumps(params).encode()
+
+
+@pytest.mark.xfail(reason="parse_settings(--resume) trusts run_params.json: a non-string 'campaign' raises "
+                          "TypeError (unhashable), and a saved budget that is not a number raises TypeError "
+                          "in the 'cannot be lowered' comparison", strict=False)
+@FUZZ
+@given(saved=saved_run(), budget=st.sampled_from([[], ["--search-size", "5000"], ["--qc-budget", "5000"]]),
+       extra=st.lists(argument(), max_size=2).map(lambda parts: [a for part in parts for a in part]))
+def test_cli_resume_with_random_saved_parameters(saved, budget, extra):
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "run_params.json").write_bytes(saved)
+        check_cli(["--resume", directory, *budget, *extra])
 
 
 @pytest.mark.parametrize("argv", [

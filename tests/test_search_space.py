@@ -69,7 +69,8 @@ def test_smi_file_every_rule(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["lib.csv", "lib.csv.gz"])
 def test_csv_file(tmp_path, name):
-    text = 'ID,Name, SMILES ,value\n1,water,O,0.5\n\n# a comment row\n2,"ethanol, dry",CCO,1\n3,,C1CC,2\n4,methanol,OC,3\n'
+    text = ('ID,Name, SMILES ,value\n1,water,O,0.5\n\n# a comment row\n2,"ethanol, dry",CCO,1\n3,,C1CC,2\n'
+            '4,methanol,OC,3\n')
     space = load_search_space(write(tmp_path / name, text))
     assert space.smiles == ["O", "CCO", "CO"]
     assert space.names == ["water", "ethanol, dry", "methanol"]  # 'name' wins over 'id'

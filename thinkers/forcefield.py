@@ -17,8 +17,10 @@ sampling, an empty one gives sampling more room. Models travel by proxy (:mod:`t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
+import shutil
 import threading
 import time
 import uuid
@@ -48,7 +50,7 @@ from configs.names import (
 )
 from thinkers.campaign import Assembly, SteeringThinker
 from thinkers.proxies import ProxyLedger
-from thinkers.records import RunDirectory, task_timing
+from thinkers.records import SUBMITTED_RECORDS, RunDirectory, task_timing
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,91 @@ class ForcefieldPlan:
     seed: int
 
 
+@dataclass
+class ForcefieldHistory:
+    """What a resumed forcefield campaign takes over from its earlier attempts.
+
+    The QC results are the campaign's capital: every recorded one is kept (``train.db``), never recomputed, and
+    counts against the budget. The last complete ensemble is reloaded rather than retrained. MD trajectories,
+    the selection pool and waiting picks are cheap and restart; the test set comes back from its cache.
+
+    Attributes:
+        frames: Every successful QC result, labelled (from ``train.db``), in order.
+        done: Recorded QC calls (failures included) and failures.
+        source_counts: Recorded QC calls per source.
+        unfinished: QC jobs sent and never recorded (killed, or recorded as abandoned), to redo first.
+        dispatched_initial: Indices of initial jobs already sent (finished or to redo).
+        next_qc_id: First QC id not used yet.
+        model_round: Last round whose ensemble completed (0: none), with its members and training-set size.
+    """
+
+    frames: list[Atoms] = field(default_factory=list)
+    done: int = 0
+    failed: int = 0
+    source_counts: dict[str, int] = field(default_factory=dict)
+    unfinished: list[QCJob] = field(default_factory=list)
+    dispatched_initial: set[int] = field(default_factory=set)
+    next_qc_id: int = 1
+    model_round: int = 0
+    members: list[Any] = field(default_factory=list)
+    trained_at: int = 0
+
+    @classmethod
+    def load(cls, run_dir: RunDirectory, ensemble_size: int) -> ForcefieldHistory:
+        """Rebuild the campaign's state from ``train.db``, the records and the saved models."""
+        import ase.db
+
+        records = run_dir.read_records(SIMULATION_RECORDS)
+        finished = [r for r in records if not r.get("abandoned")]
+        finished_ids = {int(r["qc_id"]) for r in finished}
+        history = cls(done=len(finished), failed=sum(not r.get("success") for r in finished))
+        for record in finished:
+            history.source_counts[record["source"]] = history.source_counts.get(record["source"], 0) + 1
+        database = run_dir.path / "train.db"
+        if database.exists():
+            with ase.db.connect(database) as db:
+                rows = sorted(db.select(), key=lambda row: row.qc_id)
+            seen: set[int] = set()
+            for row in rows:
+                if row.qc_id in finished_ids and row.qc_id not in seen:  # a row without its record is redone
+                    seen.add(row.qc_id)
+                    history.frames.append(row.toatoms())
+        submitted = run_dir.read_records(SUBMITTED_RECORDS)
+        redo: dict[int, QCJob] = {}
+        for entry in submitted:
+            extra = dict(entry.get("extra") or {})
+            if "initial_index" in extra:
+                history.dispatched_initial.add(int(extra["initial_index"]))
+            if int(entry["qc_id"]) in finished_ids:
+                continue
+            atoms = Atoms(numbers=entry["numbers"], positions=entry["positions"])
+            extra["redo_of"] = int(entry["qc_id"])
+            redo[int(entry["qc_id"])] = QCJob(atoms, entry["source"], entry["molecule"], None,
+                                              entry.get("model_energy"), extra)
+        history.unfinished = list(redo.values())
+        ids = [int(e["qc_id"]) for e in submitted] + list(finished_ids)
+        history.next_qc_id = max(ids, default=0) + 1
+
+        rounds = [r for r in run_dir.read_records(TRAINING_RECORDS) if r.get("event") == "ensemble"]
+        for record in sorted(rounds, key=lambda r: r["round"], reverse=True):
+            folder = run_dir.path / "models" / f"round-{int(record['round']):03d}"
+            members = []
+            for member in range(ensemble_size):
+                path = folder / f"member-{member}.pkl"
+                if path.exists():
+                    try:
+                        members.append(pickle.loads(path.read_bytes()))  # noqa: S301 - our own run directory
+                    except Exception:  # noqa: BLE001 - a model cut by the kill: use an older round
+                        logger.warning("Could not read %s; trying an older round", path)
+                        members = []
+                        break
+            if members:
+                history.model_round, history.members = int(record["round"]), members
+                history.trained_at = int(record["n_train"])
+                break
+        return history
+
+
 class ForcefieldThinker(SteeringThinker):
     """Steers sampling, selection, QC and training of an ensemble of interatomic potentials."""
 
@@ -160,6 +247,7 @@ class ForcefieldThinker(SteeringThinker):
         starting_model: Any,
         qc_args: tuple[Any, ...],
         ledger: ProxyLedger,
+        history: ForcefieldHistory | None = None,
     ):
         """Create the thinker.
 
@@ -172,6 +260,7 @@ class ForcefieldThinker(SteeringThinker):
             starting_model: The untrained potential every member starts from.
             qc_args: Arguments after the structures for ``compute_energy_forces`` (spec, task config).
             ledger: Proxies of models and data shared by tasks.
+            history: What earlier attempts recorded, when the campaign is resumed.
         """
         total = plan.parallel_samplers + plan.qc_slots
         super().__init__(queues, ResourceCounter(total, ["sample", "qc"]))
@@ -224,6 +313,30 @@ class ForcefieldThinker(SteeringThinker):
         self.test_handle: Any = None
         self._references_due = len(starts)
         self.stability_due = 0
+
+        self._qc_ids = itertools.count(1)
+        if history is not None:
+            self._take_over(history)
+
+    def _take_over(self, history: ForcefieldHistory) -> None:
+        """Continue from earlier attempts: their QC results and last ensemble count; unfinished QC goes first."""
+        self.training_frames = list(history.frames)
+        self.qc_done = self.qc_submitted = history.done
+        self.qc_failed = history.failed
+        self.source_counts.update(history.source_counts)
+        not_sent = [job for job in self.initial_jobs
+                    if int(job.extra.get("initial_index", -1)) not in history.dispatched_initial]
+        self.initial_jobs = deque(list(history.unfinished) + not_sent)
+        self._qc_ids = itertools.count(history.next_qc_id)
+        if history.members:
+            handles = [self.ledger.put(member) for member in history.members]
+            self.members = handles
+            self.model_round = self.training_round = history.model_round
+            self._trained_at = history.trained_at
+            self._replace_sampling_model(handles[0], history.model_round)
+        logger.info("Resumed: %d QC calls recorded (%d failed, %d structures to train on), %d unfinished to redo, "
+                    "ensemble of round %d reloaded", self.qc_done, self.qc_failed, len(self.training_frames),
+                    len(history.unfinished), history.model_round)
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -313,7 +426,7 @@ class ForcefieldThinker(SteeringThinker):
                 job = self._next_job()
                 if job is not None:
                     self.qc_submitted += 1
-                    qc_id = self.qc_submitted
+                    qc_id = next(self._qc_ids)
                     self.in_flight[qc_id] = job
                     break
                 self._state.wait(timeout=0.5)
@@ -321,6 +434,11 @@ class ForcefieldThinker(SteeringThinker):
             self.rec.release("qc", 1)
             self.done.wait(timeout=1.0)  # budget submitted: nothing to do until the campaign ends
             return
+        # Durable before it is sent: a resume redoes exactly the structures that were out when the run was killed.
+        self.run_dir.records(SUBMITTED_RECORDS).write({
+            "qc_id": qc_id, "source": job.source, "molecule": job.molecule, "trajectory": job.trajectory,
+            "model_energy": job.model_energy, "extra": job.extra, "numbers": job.atoms.numbers.tolist(),
+            "positions": job.atoms.get_positions().tolist()})
         self.queues.send_inputs([job.atoms], *self.qc_args, method="compute_energy_forces", topic=FF_QC_TOPIC,
                                 task_info={"qc_id": qc_id, "source": job.source})
 
@@ -341,7 +459,8 @@ class ForcefieldThinker(SteeringThinker):
         n_atoms = len(job.atoms)
         record: dict[str, Any] = {"qc_id": qc_id, "source": job.source, "molecule": job.molecule, "n_atoms": n_atoms,
                                   "success": bool(outcome["success"]), "failure_reason": outcome.get("failure_reason"),
-                                  "energy": outcome.get("energy"), "trajectory": job.trajectory, **job.extra}
+                                  "energy": outcome.get("energy"), "trajectory": job.trajectory,
+                                  "retries": result.retries, **job.extra}
         if outcome["success"]:
             from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -383,11 +502,14 @@ class ForcefieldThinker(SteeringThinker):
 
     def _settle_audit(self, job: QCJob, outcome: dict[str, Any]) -> dict[str, Any]:
         """Continue the trajectory if the model was right at its last structure, else restart it."""
-        trajectory = self.trajectories[job.trajectory]
         error = None
         if outcome["success"] and job.model_energy is not None and np.isfinite(job.model_energy):
             error = audit_error(job.model_energy, outcome["energy"], len(job.atoms))
         passed = error is not None and error <= self.plan.energy_tolerance
+        if job.trajectory is None:  # redone after a resume: its trajectory has restarted since
+            return {"audit_error": error, "model_energy": job.model_energy,
+                    "decision": "continue" if passed else "restart", "run_length": None}
+        trajectory = self.trajectories[job.trajectory]
         with self._state:
             if passed:
                 trajectory.current = job.atoms
@@ -898,6 +1020,21 @@ def open_proxy_store(run_dir: Path, name: str) -> Any:
     return Store(name, FileConnector(str(Path(run_dir) / "proxystore")), register=True, populate_target=True)
 
 
+def check(settings: Any) -> None:
+    """Reject starting molecules that cannot be used, before anything starts or any run directory is made.
+
+    Raises:
+        SettingsError: a starting molecule is not in QM9.
+    """
+    from configs.settings import SettingsError
+    from methods.sampling import starting_structures
+
+    try:
+        starting_structures(settings.molecules)
+    except ValueError as exc:
+        raise SettingsError(f"--molecules: {exc}") from exc
+
+
 def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
     """The forcefield campaign's one assembly point: settings → task-server methods and a thinker factory.
 
@@ -914,7 +1051,8 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
         starts = starting_structures(settings.molecules)
     except ValueError as exc:
         raise SettingsError(f"--molecules: {exc}") from exc
-    spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis, seed=settings.seed)
+    spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis, seed=settings.seed,
+                  timeout=settings.qc_timeout)
     run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": "eV, eV/Å", "task_config": task_config})
     initial = []
     for index, (name, atoms) in enumerate(starts):
@@ -922,14 +1060,19 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
         for copy in displaced(atoms, settings.initial_displacements, settings.displacement_scale,
                               settings.seed + index):
             initial.append(QCJob(copy, "initial", name))
+    for number, job in enumerate(initial):  # the same list on every attempt: a resume skips those already sent
+        job.extra["initial_index"] = number
     config = PotentialConfig(max_atoms=max(len(atoms) for _, atoms in starts))
-    store = open_proxy_store(run_dir.path, f"molsteer-{run_dir.name}")
+    history = ForcefieldHistory.load(run_dir, settings.ensemble_size) if run_dir.attempt > 0 else None
+    shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)  # a killed attempt's proxies are unusable
+    store = open_proxy_store(run_dir.path, f"molsteer-{run_dir.name}-{run_dir.attempt}")
     ledger = ProxyLedger(store)
     holder: dict[str, ForcefieldThinker] = {}
 
     def build_thinker(queues: ColmenaQueues) -> ForcefieldThinker:
         thinker = ForcefieldThinker(queues, plan_from_settings(settings), run_dir, starts, initial,
-                                    create_potential(config, seed=settings.seed), (spec, task_config), ledger)
+                                    create_potential(config, seed=settings.seed), (spec, task_config), ledger,
+                                    history)
         holder["thinker"] = thinker
         return thinker
 
