@@ -12,6 +12,7 @@ process the run started — redis-server, the Parsl interchange and workers — 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -58,6 +59,8 @@ CAMPAIGNS: dict[str, tuple[type[CommonSettings], str, str]] = {
 }
 """Campaign name → its settings (the CLI is generated from them), its assembly module, and its description."""
 DEFAULT_CAMPAIGN = "design"
+RESUME_SERVICE_OPTIONS = ("redis_host", "redis_port", "redis_password")
+"""Options ``--resume`` accepts besides a larger budget: the queues' server may differ from attempt to attempt."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -150,7 +153,8 @@ def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argpars
     """Parse and validate the command line: the campaign, its settings, its parser and the run to resume (if any).
 
     With ``--resume DIR`` the campaign and every option come from ``DIR/run_params.json``; only the campaign's
-    budget may be given again, larger (and ``--redis-password``, which is never saved). Anything else given is an
+    budget may be given again, larger, and the Redis server to use this time (``RESUME_SERVICE_OPTIONS``: where
+    the queues live is not part of the campaign, and the password is never saved). Anything else given is an
     error that says so, rather than a silent change of a running campaign.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -179,9 +183,9 @@ def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argpars
     given = vars(parser.parse_args(rest))
     budget = settings_class.resume_budget
     for name in given:
-        if name not in (budget, "redis_password"):
+        if name not in (budget, *RESUME_SERVICE_OPTIONS):
             parser.error(f"{_option(name)}: cannot be changed when resuming (the run keeps its saved options; "
-                         f"only a larger {_option(budget)} may be given)")
+                         f"only a larger {_option(budget)} and the Redis server may be given)")
     params = {k: v for k, v in saved.items() if k in settings_class.model_fields}
     if budget in given and given[budget] < params.get(budget, 0):
         parser.error(f"{_option(budget)}: cannot be lowered when resuming (the run was started with "
@@ -195,13 +199,23 @@ def saved_parameters(campaign: str, settings: CommonSettings) -> dict[str, typin
     return {"campaign": campaign, **settings.model_dump(mode="json", exclude={"redis_password"})}
 
 
+class OneLineFormatter(logging.Formatter):
+    """The terminal gets the first line of a message, never a traceback: the full text is in ``runtime.log``."""
+
+    def format(self, record: logging.LogRecord) -> str:  # noqa: D102
+        first = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
+        if record.exc_info and record.exc_info[1] is not None and not first.endswith(str(record.exc_info[1])):
+            first += f" ({type(record.exc_info[1]).__name__}: {str(record.exc_info[1]).splitlines()[0][:200]})"
+        return f"{self.formatTime(record, '%H:%M:%S')} {first}"
+
+
 def configure_logging(log_file: Path) -> None:
-    """Terminal: molsteer's progress; ``runtime.log``: everything at INFO, libraries included."""
+    """Terminal: molsteer's progress, one line each; ``runtime.log``: everything at INFO, libraries included."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     file_handler = logging.FileHandler(log_file)
     file_handler.setFormatter(formatter)
     console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    console.setFormatter(OneLineFormatter())
     console.addFilter(lambda record: record.levelno >= logging.WARNING or record.name in PROGRESS_LOGGERS)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -240,6 +254,22 @@ def host_info() -> dict:
 
 class TaskServerLost(RuntimeError):
     """The task server process died while the campaign still needed it."""
+
+
+def _forked_child(log: Path) -> None:
+    """In a forked child (the task server): its own signal handling, and its stderr into a log file.
+
+    Ctrl+C reaches the whole process group, but the task server is stopped through the queues; SIGTERM
+    simply ends it. A crash of it (Redis gone, say) prints a traceback that belongs in a log, not the terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        stream = open(log, "a", buffering=1)  # noqa: SIM115 - the child's stderr for the rest of its life
+    except OSError:
+        return
+    os.dup2(stream.fileno(), 2)
+    sys.stderr = stream
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -294,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.begin_attempt({"pid": os.getpid(), "command": sys.argv,
                            settings.resume_budget: getattr(settings, settings.resume_budget)})
     become_subreaper()
+    os.register_at_fork(after_in_child=functools.partial(_forked_child, run_dir.path / "task_server.log"))
     logger.info("Run directory: %s", run_dir.path)
     run_dir.write_json("host_info.json" if run_dir.attempt == 0 else f"host_info.resume-{run_dir.attempt}.json",
                        host_info())

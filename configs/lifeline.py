@@ -149,6 +149,7 @@ def start_watchdog(run_path: Path, attempt: int) -> subprocess.Popen:
              "--attempt", str(attempt)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             cwd=Path(__file__).resolve().parent.parent,
+            env={k: v for k, v in os.environ.items() if k != MARKER},  # it stops marked processes, not itself
         )
     finally:
         log.close()

@@ -184,6 +184,9 @@ class _Builder:
         if smiles is None:
             self.skipped.append((number, f"line longer than {MAX_LINE_BYTES} bytes"))
             return
+        if smiles in self.seen:  # already canonical and kept: a repeat, no need to parse it again
+            self.duplicates += 1
+            return
         try:
             canonical, reason = self.check(smiles)
         except Exception as exc:  # noqa: BLE001 - one odd molecule must not stop the whole file
@@ -213,18 +216,23 @@ class _Builder:
         fragments = len(Chem.GetMolFrags(mol))
         if fragments > 1:
             return None, f"{fragments} fragments (a salt or mixture, not one molecule)"
-        for atom in mol.GetAtoms():
+        charged = radical = None
+        check_hydrogens = "H" not in self.elements
+        for index in range(mol.GetNumAtoms()):  # one pass, by index: RDKit's atom sequence is slow from Python
+            atom = mol.GetAtomWithIdx(index)
             if atom.GetSymbol() not in self.elements:
                 return None, f"element {atom.GetSymbol()} is not supported ({self.allowed})"
-            if atom.GetTotalNumHs() and "H" not in self.elements:
+            if check_hydrogens and atom.GetTotalNumHs():
                 return None, f"element H is not supported ({self.allowed})"
-        for atom in mol.GetAtoms():
-            if atom.GetFormalCharge():
-                charge = atom.GetFormalCharge()
-                return None, f"formal charge {charge:+d} on {atom.GetSymbol()} (atom {atom.GetIdx() + 1})"
-        for atom in mol.GetAtoms():
-            if atom.GetNumRadicalElectrons():
-                return None, f"radical electrons on {atom.GetSymbol()} (atom {atom.GetIdx() + 1})"
+            if charged is None and atom.GetFormalCharge():
+                charged = atom
+            if radical is None and atom.GetNumRadicalElectrons():
+                radical = atom
+        if charged is not None:
+            return None, (f"formal charge {charged.GetFormalCharge():+d} on {charged.GetSymbol()} "
+                          f"(atom {charged.GetIdx() + 1})")
+        if radical is not None:
+            return None, f"radical electrons on {radical.GetSymbol()} (atom {radical.GetIdx() + 1})"
         heavy = mol.GetNumHeavyAtoms()
         if heavy > self.max_heavy_atoms:
             return None, f"{heavy} heavy atoms (at most {self.max_heavy_atoms})"

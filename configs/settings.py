@@ -147,6 +147,10 @@ class CampaignSettings(CommonSettings):
     retrain_after: Annotated[int, Field(gt=0)] = Field(
         8, description="New QC results needed before the model is retrained and the pool re-scored"
     )
+    search_space: Path | None = Field(
+        None, description="File of molecules to search instead of QM9: one SMILES per line with an optional name "
+        "(.smi), or a .csv with a smiles column; .gz accepted; invalid lines are reported and skipped"
+    )
     pool_size: Annotated[int, Field(gt=0)] | None = Field(
         None, description="QM9 molecules sampled (by --seed) as the search space (default: all of QM9)"
     )

@@ -45,6 +45,9 @@ def _local_executor(label: str, workers: int, threads_per_task: int, run_dir: Pa
         label=label,
         address="127.0.0.1",
         loopback_address="127.0.0.1",
+        # CurveZMQ (Parsl's default, stated so it stays on): a client without this run's keys, which sit in the
+        # run directory with mode 0700, cannot complete the handshake, so nothing it sends is ever unpickled.
+        encrypted=True,
         max_workers_per_node=workers,
         # Parsl caps workers at cores / cores_per_worker; share the cores out so the count asked for is honoured.
         cores_per_worker=(os.cpu_count() or 1) / workers,

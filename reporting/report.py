@@ -31,9 +31,10 @@ LEGS = {
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every complete record of the file, all attempts; a line torn by a kill is skipped (see thinkers.records)."""
+    from thinkers.records import read_jsonl
+
+    return read_jsonl(path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -190,7 +191,8 @@ def write_report(run_dir: Path | str, top_k: int = 100) -> Path:
         return report
     spec = _read_json(run_dir / "qc_spec.json")
     summary = _read_json(run_dir / "summary.json")
-    records = _read_jsonl(run_dir / "simulation_records.jsonl")
+    # Molecules recorded as abandoned (out when a run stopped) were never evaluated; a resume redoes them.
+    records = [r for r in _read_jsonl(run_dir / "simulation_records.jsonl") if not r.get("abandoned")]
     training = _read_jsonl(run_dir / "training_records.jsonl")
     units = spec.get("units", "")
     plots = run_dir / "plots"
@@ -208,6 +210,9 @@ def write_report(run_dir: Path | str, top_k: int = 100) -> Path:
         lines += [f"- Evaluations: {summary.get('evaluations')} ({summary.get('failures')} failed); "
                   f"wall time {summary.get('wall_time') or 0:.0f} s; QC worker utilization "
                   f"{utilization:.1%}" if utilization is not None else "- QC worker utilization: n/a"]
+        if (summary.get("attempts") or 1) > 1:
+            lines.append(f"- Attempts: {summary['attempts']} (the run was resumed {summary['attempts'] - 1} times; "
+                         "the wall time is the last attempt's)")
     lines.append("")
     if not records:
         lines.append("No QC results were recorded.")

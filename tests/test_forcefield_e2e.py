@@ -61,7 +61,14 @@ def test_tiny_forcefield_campaign_learns_and_leaves_nothing_behind(tmp_path):
 
 
 def test_forcefield_rejects_a_molecule_not_in_qm9(tmp_path):
-    result, _ = campaign(tmp_path, "--molecules", "CCCCCCCCCCCC", "--qc-budget", "10",
-                         "--initial-displacements", "1", name="forcefield")
-    assert result.returncode == 1
-    assert "--molecules" in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+    import subprocess
+    import sys
+
+    from tests.test_e2e import ROOT
+
+    result = subprocess.run([sys.executable, "run.py", "forcefield", "--molecules", "CCCCCCCCCCCC", "--qc-budget",
+                             "10", "--initial-displacements", "1", "--runs-dir", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2  # refused before anything starts: no run directory, no service
+    assert "--molecules" in result.stderr and "Traceback" not in result.stdout + result.stderr
+    assert not any(tmp_path.iterdir())

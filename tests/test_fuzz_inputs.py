@@ -35,6 +35,8 @@ ELEMENTS = frozenset({"H", "C", "N", "O", "F"})
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+FUZZ_MORE = settings(FUZZ, max_examples=500)
+"""For the properties with the largest input spaces: lines of a search space, CSV layouts, command lines."""
 
 
 def one_line(text: str) -> bool:
@@ -135,7 +137,7 @@ def check_load(path: Path, n_physical_lines: int | None = None) -> SearchSpace |
     return space
 
 
-@FUZZ
+@FUZZ_MORE
 @given(lines=st.lists(smi_line(), max_size=30), ending=st.sampled_from(["\n", "\r\n"]),
        suffix=st.sampled_from([".smi", ".txt", "", ".smi.gz", ".SMI"]), final_newline=st.booleans())
 def test_search_space_random_lines(lines, ending, suffix, final_newline):
@@ -200,7 +202,7 @@ header_name = st.one_of(st.sampled_from(["smiles", "SMILES", " Smiles ", "name",
                         st.text(max_size=10))
 
 
-@FUZZ
+@FUZZ_MORE
 @given(header=st.lists(header_name, min_size=1, max_size=5), rows=st.lists(st.lists(cell, max_size=6), max_size=20),
        quoting=st.sampled_from(["writer", "raw"]), suffix=st.sampled_from([".csv", ".csv.gz", ".CSV"]))
 def test_search_space_random_csv(header, rows, quoting, suffix):
@@ -395,7 +397,7 @@ def argument(draw) -> list[str]:
     return [draw(st.sampled_from(["--help", "-h"]))] if draw(st.integers(0, 9)) == 0 else [option, draw(value)]
 
 
-@FUZZ
+@FUZZ_MORE
 @given(campaign=st.sampled_from([[], ["design"], ["forcefield"]]),
        arguments=st.lists(argument(), max_size=6).map(lambda parts: [a for part in parts for a in part]),
        repeat=st.booleans())

@@ -67,3 +67,30 @@ def test_task_server_side_survives_a_long_idle_wait(server):
     thread.join(timeout=20)
     assert not errors, errors
     assert received and received[0][0] == TOPICS[0]
+
+
+def test_a_client_without_the_password_is_refused_and_only_loopback_listens(server):
+    """The closed door: nothing reaches Colmena's (pickled) queues without the password, and only from here."""
+    import redis
+
+    stranger = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        stranger.rpush("molsteer-anything-requests", b"\x80\x04pickled payload")
+    with pytest.raises(redis.AuthenticationError):
+        stranger.keys("*")
+    wrong = redis.Redis(host=server.host, port=server.port, password="guess", socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        wrong.ping()
+    listening = {c.laddr.ip for c in psutil.Process(server.process.pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}, listening
+
+
+def test_parsl_sockets_are_encrypted_and_bound_to_loopback(tmp_path):
+    """The other door: the interchange binds loopback only and speaks CurveZMQ, never plain pickles."""
+    from configs.sites import SiteOptions, local
+
+    config = local(tmp_path, SiteOptions(1, 1, 1))
+    for executor in config.executors:
+        assert executor.encrypted is True
+        assert executor.address == "127.0.0.1" and executor.loopback_address == "127.0.0.1"

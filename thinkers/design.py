@@ -11,11 +11,13 @@ Two agent threads share a priority queue of candidate molecules:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from queue import Empty, PriorityQueue
 from typing import Any
 
@@ -158,6 +160,7 @@ class DesignThinker(SteeringThinker):
         pool_rows: np.ndarray,
         qc_args: tuple[Any, ...],
         history: DesignHistory | None = None,
+        score_by_smiles: bool = False,
     ):
         """Create the thinker.
 
@@ -169,6 +172,8 @@ class DesignThinker(SteeringThinker):
             pool_rows: Rows of ``pool_smiles`` that form the search space.
             qc_args: Arguments after the SMILES list for ``evaluate_molecules`` (spec, task config, atom energies).
             history: What earlier attempts recorded, when the campaign is resumed.
+            score_by_smiles: The pool is a user's library: workers featurize SMILES instead of reading the
+                cached QM9 features.
         """
         super().__init__(queues, ResourceCounter(plan.parallel_guesses, ["qc"]))
         self.rec.reallocate(None, "qc", plan.parallel_guesses)
@@ -178,6 +183,7 @@ class DesignThinker(SteeringThinker):
         self.pool_rows = np.asarray(pool_rows, dtype=np.int64)
         self._pool_row = {str(pool_smiles[r]): int(r) for r in self.pool_rows}  # generated molecules: -1
         self.qc_args = qc_args
+        self.score_by_smiles = score_by_smiles
 
         self.task_queue: PriorityQueue[Candidate] = PriorityQueue()
         self.attempted: set[int] = set()  # pool rows submitted to QC (whatever the outcome)
@@ -471,8 +477,12 @@ class DesignThinker(SteeringThinker):
         n_chunks = max(self.plan.ml_workers, -(-len(unseen) // SCORE_CHUNK))
         chunks = np.array_split(unseen, min(n_chunks, len(unseen)))
         for chunk in chunks:
-            self.queues.send_inputs(model, chunk, method="score_qm9", topic=ML_TOPIC,
-                                    task_info={"first_row": int(chunk[0])})
+            if self.score_by_smiles:
+                self.queues.send_inputs(model, self.pool_smiles[chunk].tolist(), method="score_smiles",
+                                        topic=ML_TOPIC, task_info={"first_row": int(chunk[0])})
+            else:
+                self.queues.send_inputs(model, chunk, method="score_qm9", topic=ML_TOPIC,
+                                        task_info={"first_row": int(chunk[0])})
         scored = self._wait_for_ml(len(chunks))
         failed = [r for r in scored if not r.success]
         if failed:
@@ -595,6 +605,35 @@ def check(settings: Any) -> None:
     if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:
         raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
                             f"({settings.total_evaluations} evaluations)")
+    if settings.search_space is not None:
+        space = search_space(settings.search_space)
+        size = min(len(space.smiles), settings.pool_size or len(space.smiles))
+        if size < settings.total_evaluations:
+            raise SettingsError(f"--search-space {settings.search_space}: {size} valid molecules, fewer than the QC "
+                                f"budget ({settings.total_evaluations} evaluations)")
+        if settings.qc_code == "qm9":
+            logger.warning("--qc-code qm9 with --search-space: molecules not in QM9 are recorded as failed lookups")
+
+
+@functools.lru_cache(maxsize=2)
+def _search_space(path: str, size: int, modified: int) -> Any:
+    from configs.search_space import load_search_space
+    from methods.chem import SUPPORTED_ELEMENTS
+
+    return load_search_space(path, elements=frozenset(SUPPORTED_ELEMENTS))
+
+
+def search_space(path: Path) -> Any:
+    """The validated molecules of a ``--search-space`` file, read once per process while the file is unchanged.
+
+    Raises:
+        SettingsError: the file cannot be used (the message names the file, and the line where it matters).
+    """
+    try:
+        status = Path(path).stat()
+    except OSError:
+        return _search_space.__wrapped__(str(path), 0, 0)  # the loader says what is wrong with the path
+    return _search_space(str(path), status.st_size, status.st_mtime_ns)
 
 
 def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
@@ -608,7 +647,7 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
     from methods.data import load_qm9, sample_pool
     from methods.rl import generate_molecules
     from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
-    from methods.surrogates import score_qm9, train_mpnn, train_surrogate
+    from methods.surrogates import score_qm9, score_smiles, train_mpnn, train_surrogate
     from thinkers.records import summarize
 
     check(settings)
@@ -616,8 +655,16 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
                   objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed,
                   timeout=settings.qc_timeout)
     run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
-    qm9 = load_qm9()
-    pool_rows = sample_pool(len(qm9), settings.pool_size, settings.seed)
+    if settings.search_space is not None:  # the user's library (validated by check) replaces QM9 as the pool
+        space = search_space(settings.search_space)
+        if space.skipped:
+            from configs.search_space import skipped_summary
+
+            logger.warning("--search-space %s: %s", settings.search_space, skipped_summary(space))
+        pool_smiles = np.array(space.smiles, dtype=object).astype(str)
+    else:
+        pool_smiles = load_qm9().smiles
+    pool_rows = sample_pool(len(pool_smiles), settings.pool_size, settings.seed)
     history = DesignHistory.load(run_dir) if run_dir.attempt > 0 else None
 
     def build_thinker(queues: ColmenaQueues) -> DesignThinker:
@@ -631,8 +678,8 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
                 run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
             logger.info("Reference atom energies (Hartree): %s", atom_energies)
         plan = DesignPlan.from_settings(settings, units=spec.units)
-        return DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (spec, task_config, atom_energies),
-                             history)
+        return DesignThinker(queues, plan, run_dir, pool_smiles, pool_rows, (spec, task_config, atom_energies),
+                             history, score_by_smiles=settings.search_space is not None)
 
     def headline(summary: dict[str, Any]) -> list[str]:
         utilization = summary["qc_utilization"]
@@ -646,7 +693,7 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
         topics=TOPICS,
         methods=[(evaluate_molecules, QC_EXECUTOR), (compute_atom_energies, QC_EXECUTOR),
                  (train_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR), (generate_molecules, ML_EXECUTOR),
-                 (score_qm9, ML_EXECUTOR)],
+                 (score_qm9, ML_EXECUTOR), (score_smiles, ML_EXECUTOR)],
         build_thinker=build_thinker,
         summarize=lambda wall_time: summarize(run_dir, maximize=settings.maximize, n_workers=settings.qc_workers,
                                               wall_time=wall_time),
