@@ -67,6 +67,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Argument errors as one line (and exit status 2), not the usage block followed by the error."""
 
     def error(self, message: str) -> typing.NoReturn:  # noqa: D102
+        message = " ".join(message.split())  # an argument holding a line break must not break the line
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -174,7 +175,7 @@ def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argpars
     except RunDirectoryError as exc:
         OneLineParser(prog="run.py").error(f"--resume: {exc}")
     campaign = saved["campaign"]
-    if campaign not in CAMPAIGNS:
+    if not isinstance(campaign, str) or campaign not in CAMPAIGNS:
         OneLineParser(prog="run.py").error(f"--resume: {resume_dir} holds an unknown campaign {campaign!r}")
     if argv and argv[0] in CAMPAIGNS and argv[0] != campaign:
         OneLineParser(prog="run.py").error(f"--resume: {resume_dir} is a {campaign} run, not {argv[0]}")
@@ -187,6 +188,12 @@ def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argpars
             parser.error(f"{_option(name)}: cannot be changed when resuming (the run keeps its saved options; "
                          f"only a larger {_option(budget)} and the Redis server may be given)")
     params = {k: v for k, v in saved.items() if k in settings_class.model_fields}
+    try:
+        settings_class(**params)
+    except ValidationError as exc:  # the saved options themselves are broken: say where, not which option
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"])) or "options"
+        parser.error(f"--resume: {resume_dir}/run_params.json: {where}: {error['msg'].removeprefix('Value error, ')}")
     if budget in given and given[budget] < params.get(budget, 0):
         parser.error(f"{_option(budget)}: cannot be lowered when resuming (the run was started with "
                      f"{params[budget]})")
@@ -281,7 +288,11 @@ def open_run_directory(campaign: str, settings: CommonSettings, parser: argparse
                        resume: Path | None) -> RunDirectory:
     """A new run directory, or the resumed one (locked, its budget raised if a larger one was given)."""
     if resume is None:
-        return RunDirectory.create(settings.runs_dir, saved_parameters(campaign, settings))
+        try:
+            return RunDirectory.create(settings.runs_dir, saved_parameters(campaign, settings))
+        except OSError as exc:
+            parser.error(f"--runs-dir {str(settings.runs_dir)[:200]}: cannot create a run directory there "
+                         f"({exc.strerror or exc})")
     try:
         run_dir = RunDirectory.reopen(resume)
     except RunDirectoryError as exc:

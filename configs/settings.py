@@ -294,7 +294,7 @@ class QCMachineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ncores: Annotated[int, Field(gt=0)] = Field(1, description="Cores per QC task")
-    memory: Annotated[float, Field(gt=0)] = Field(2.0, description="Memory per QC task, GiB")
+    memory: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(2.0, description="Memory per QC task, GiB")
     scratch_directory: str | None = Field(
         None, description="Where QC codes write scratch files (default: the run directory's qc-scratch/)"
     )
@@ -330,16 +330,38 @@ def load_qc_config(path: Path, site: str) -> QCMachineSettings:
     Raises:
         SettingsError: the file is missing, is not YAML, lacks the site, or holds unknown or invalid keys.
     """
+    where = f"QC settings file {_one_line(str(path))}"
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
-        raise SettingsError(f"QC settings file {path} does not exist") from exc
+        raise SettingsError(f"{where} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise SettingsError(f"{where} is a directory, not a file") from exc
+    except PermissionError as exc:
+        raise SettingsError(f"{where} cannot be read: permission denied") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{where} is not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
-        raise SettingsError(f"QC settings file {path} is not valid YAML: {exc}") from exc
+        raise SettingsError(f"{where} is not valid YAML: {_one_line(str(exc))}") from exc
+    except (OSError, RecursionError, ValueError) as exc:  # nesting or numbers too deep or large for the parser
+        raise SettingsError(f"{where} cannot be read: {_one_line(f'{type(exc).__name__}: {exc}')}") from exc
     if not isinstance(data, dict) or site not in data:
-        raise SettingsError(f"QC settings file {path} has no section for site '{site}'")
+        raise SettingsError(f"{where} has no section for site '{site}'")
     try:
         return QCMachineSettings.model_validate(data[site] or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"QC settings file {path}, section '{site}': {problems}") from exc
+        problems = "; ".join(f"{'.'.join(_key(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"{where}, section '{site}': {_one_line(problems)}") from exc
+    except (RecursionError, ValueError) as exc:
+        raise SettingsError(f"{where}, section '{site}': {_one_line(f'{type(exc).__name__}: {exc}')}") from exc
+
+
+def _key(part: object) -> str:
+    """A key of the file as the user should read it: quoted when it is not a plain name."""
+    return part if isinstance(part, str) and part.isidentifier() else repr(part)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Whitespace (line breaks included) collapsed, and cut: an error message is one line on the terminal."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -49,6 +49,16 @@ class QCFailure(RuntimeError):
     """A QC calculation that did not produce a usable result; the message says why."""
 
 
+@lru_cache(maxsize=1)
+def _settle_qcengine() -> None:
+    """Let QCEngine detect the host (cores, memory, CPU brand) once, outside any time limit.
+
+    QCEngine fills a process-wide cache of host facts on first use; a time limit that interrupted that would
+    leave the cache half-filled, and every later calculation in the worker would fail on a missing key.
+    """
+    qcng.config.get_global()
+
+
 class QCTimeout(QCFailure):
     """A calculation stopped because it exceeded ``--qc-timeout``."""
 
@@ -62,6 +72,8 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     so nothing keeps running after the limit. Parsl runs each task in its worker's main thread, where signals
     can be used; elsewhere (a thread of a test) the limit cannot be enforced and is ignored with a debug note.
     """
+    if seconds:
+        _settle_qcengine()
     if not seconds or threading.current_thread() is not threading.main_thread():
         if seconds:
             logger.debug("--qc-timeout cannot be enforced outside a main thread; ignored")

@@ -295,14 +295,7 @@ def test_qc_config_mutated_repository_file(document, unicode):
         check_qc_config(path)
 
 
-KNOWN_QC_CONFIG_BUGS = (
-    "load_qc_config lets UnicodeDecodeError (binary or non-UTF-8 files), IsADirectoryError, PermissionError, "
-    "RecursionError (deeply nested YAML) and ValueError (integers over 4300 digits) through, and its YAML "
-    "syntax errors span several lines (PyYAML's message with the context marker)"
-)
 
-
-@pytest.mark.xfail(reason=KNOWN_QC_CONFIG_BUGS, strict=False)
 @FUZZ
 @given(data=st.one_of(st.binary(max_size=500), st.text(max_size=300).map(encode_text),
                       st.text(alphabet="local:ncores memory{}[]-,'\"#&*!|>\n\t 0123456789.", max_size=200)
@@ -325,7 +318,6 @@ def test_qc_config_raw_text_and_bytes(data):
     pytest.param(b"local:\n  ncores: 1" + b"0" * 5000 + b"\n", id="5001-digit-integer"),
     pytest.param(None, id="directory"),
 ])
-@pytest.mark.xfail(reason=KNOWN_QC_CONFIG_BUGS, strict=False)
 def test_qc_config_known_bad_files(tmp_path, content):
     path = tmp_path / "qcengine.yml"
     if content is None:
@@ -446,9 +438,6 @@ def saved_run(draw) -> bytes:
     return json.dumps(params).encode()
 
 
-@pytest.mark.xfail(reason="parse_settings(--resume) trusts run_params.json: a non-string 'campaign' raises "
-                          "TypeError (unhashable), and a saved budget that is not a number raises TypeError "
-                          "in the 'cannot be lowered' comparison", strict=False)
 @FUZZ
 @given(saved=saved_run(), budget=st.sampled_from([[], ["--search-size", "5000"], ["--qc-budget", "5000"]]),
        extra=st.lists(argument(), max_size=2).map(lambda parts: [a for part in parts for a in part]))
@@ -464,9 +453,6 @@ def test_cli_resume_with_random_saved_parameters(saved, budget, extra):
     pytest.param(["forcefield", "--temperature", "300", "x\ry"], id="carriage-return"),
     pytest.param(["--resume", "no\nsuch-run"], id="resume-directory"),
 ])
-@pytest.mark.xfail(reason="OneLineParser.error prints argparse's message as is: an argument holding a line break "
-                          "(echoed by 'unrecognized arguments:' / 'ambiguous option:' / --resume) spans two lines",
-                   strict=False)
 def test_cli_line_breaks_in_arguments_stay_one_line(argv):
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as info:

@@ -1,6 +1,5 @@
 import gzip
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -174,13 +173,6 @@ def test_directory_and_missing_file(tmp_path):
     assert error_of(tmp_path).endswith("is a directory, not a file of molecules")
     assert error_of(tmp_path / "nope.smi").endswith("the file does not exist")
     assert error_of(str(tmp_path / "nope.smi.gz")).endswith("the file does not exist")
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_file(tmp_path):
-    path = write(tmp_path / "lib.smi", "CCO\n")
-    path.chmod(0)
-    assert error_of(path).endswith("cannot be read: permission denied")
 
 
 def test_unreadable_file_any_user(tmp_path, monkeypatch):

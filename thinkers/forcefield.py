@@ -165,6 +165,7 @@ class ForcefieldHistory:
         dispatched_initial: Indices of initial jobs already sent (finished or to redo).
         next_qc_id: First QC id not used yet.
         model_round: Last round whose ensemble completed (0: none), with its members and training-set size.
+        sample_runs, selection_batches: Where the MD run and selection counters (and so their seeds) go on.
     """
 
     frames: list[Atoms] = field(default_factory=list)
@@ -177,6 +178,8 @@ class ForcefieldHistory:
     model_round: int = 0
     members: list[Any] = field(default_factory=list)
     trained_at: int = 0
+    sample_runs: int = 0
+    selection_batches: int = 0
 
     @classmethod
     def load(cls, run_dir: RunDirectory, ensemble_size: int) -> ForcefieldHistory:
@@ -213,6 +216,10 @@ class ForcefieldHistory:
         history.unfinished = list(redo.values())
         ids = [int(e["qc_id"]) for e in submitted] + list(finished_ids)
         history.next_qc_id = max(ids, default=0) + 1
+        history.sample_runs = max((int(r.get("run_id", 0)) for r in run_dir.read_records(SAMPLING_RECORDS)),
+                                  default=0) + 1000 * run_dir.attempt  # runs out when killed had no record
+        history.selection_batches = max((int(r.get("batch", 0)) for r in run_dir.read_records(SELECTION_RECORDS)),
+                                        default=0) + 1000 * run_dir.attempt
 
         rounds = [r for r in run_dir.read_records(TRAINING_RECORDS) if r.get("event") == "ensemble"]
         for record in sorted(rounds, key=lambda r: r["round"], reverse=True):
@@ -315,6 +322,7 @@ class ForcefieldThinker(SteeringThinker):
         self.stability_due = 0
 
         self._qc_ids = itertools.count(1)
+        self._selection_batches = 0
         if history is not None:
             self._take_over(history)
 
@@ -328,6 +336,10 @@ class ForcefieldThinker(SteeringThinker):
                     if int(job.extra.get("initial_index", -1)) not in history.dispatched_initial]
         self.initial_jobs = deque(list(history.unfinished) + not_sent)
         self._qc_ids = itertools.count(history.next_qc_id)
+        # MD seeds and selection batches continue where they were: repeating them would repeat the same
+        # trajectories with the same model, and compute the same structures again.
+        self._sample_runs = history.sample_runs
+        self._selection_batches = history.selection_batches
         if history.members:
             handles = [self.ledger.put(member) for member in history.members]
             self.members = handles
@@ -789,7 +801,7 @@ class ForcefieldThinker(SteeringThinker):
         """Run the ensemble on the pooled structures and queue the ones it disagrees about most for QC."""
         from methods.selection import select_by_disagreement, select_random
 
-        batch_number = 0
+        batch_number = self._selection_batches
         while self._wait(lambda: len(self.pool) >= self.plan.inference_batch and len(self.members) > 1
                          and self.qc_submitted < self.plan.qc_budget and self._final_round is None):
             with self._state:

@@ -194,8 +194,12 @@ class RunDirectory:
             RunDirectoryError: not a directory, or no readable ``run_params.json`` in it.
         """
         path = Path(path)
-        if not path.is_dir():
-            raise RunDirectoryError(f"{path} is not a directory")
+        try:
+            is_dir = path.is_dir()
+        except OSError as exc:  # a name too long, a loop of links
+            raise RunDirectoryError(f"{str(path)[:200]} cannot be used: {exc.strerror}") from None
+        if not is_dir:
+            raise RunDirectoryError(f"{str(path)[:200]} is not a directory")
         try:
             params = json.loads((path / "run_params.json").read_text())
         except FileNotFoundError:
