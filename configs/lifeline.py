@@ -7,9 +7,12 @@ the out-of-memory killer or a crash of the interpreter give it no chance to, so 
   anything; every process it starts after that (redis-server, the Parsl interchange, the workers, xTB or
   NWChem) inherits it, however deep, and ``/proc/<pid>/environ`` shows it.
 * **A watchdog.** A small process in its own session (so Ctrl+C in the terminal and a kill of the process
-  group spare it) polls its parent twice a second. When ``run.py`` is gone, it stops every process with this
-  attempt's marker, and those ``run.py`` registered in ``processes.json`` (the forked task server, which has
-  no exec'd environment of its own), then exits. It acts within about a second; the tests allow 60.
+  group spare it) polls its parent twice a second and remembers every process below it (pid and start time).
+  When ``run.py`` is gone, it stops all of them, every process with this attempt's marker, and those
+  ``run.py`` registered in ``processes.json``, with their descendants, then exits. Remembering matters:
+  Parsl's interchange and workers rename themselves (``setproctitle``), which wipes the environment ``/proc``
+  shows, and the forked task server never had an exec'd environment of its own. It acts within about a
+  second; the tests allow 60.
 * **A resume cleans up first.** ``--resume`` stops whatever an earlier attempt of the same run left (from
   ``processes.json`` and the marker), in case the watchdog itself was killed.
 
