@@ -90,6 +90,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         raise QCTimeout(message)
 
     previous = signal.signal(signal.SIGALRM, expire)
+    outer_timer, armed_at = signal.getitimer(signal.ITIMER_REAL), time.monotonic()
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
@@ -102,6 +103,9 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_timer[0] > 0:  # someone else's alarm was running: give it back what is left of it
+            left = outer_timer[0] - (time.monotonic() - armed_at)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001), outer_timer[1])
     if fired.is_set():  # a library swallowed the exception and returned normally
         raise QCTimeout(message)
 

@@ -12,7 +12,7 @@ A design campaign in QM9 lookup mode (real redis-server, real Parsl workers) is 
 * leftover processes after the end;
 * the cost of a durable (fsynced) record line, and the time from ``--resume`` to the first new result.
 
-Usage: ``python scripts/bench_faults.py [--kills 8] [--search-size 232] [--seed 1]``; ends with one JSON line.
+Usage: ``python scripts/bench_faults.py [--kills 8] [--search-size 992] [--seed 1]``; ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def fsync_cost(n: int = 500) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=8)
-    parser.add_argument("--search-size", type=int, default=232)
+    parser.add_argument("--search-size", type=int, default=992)
     parser.add_argument("--seed", type=int, default=1)
     options = parser.parse_args()
     rng = random.Random(options.seed)
@@ -89,12 +89,21 @@ def main() -> None:
         kept: dict[str, float | None] = {}
         kills, lost, changed, duplicates = [], 0, 0, 0
         run_dir = None
-        for _ in range(options.kills):
+        for number in range(options.kills):
             seen: dict = {}
-            deadline = time.monotonic() + rng.uniform(3.0, 12.0)
+            # Every third kill at a random moment of the start-up (Redis, Parsl, the QM9 cache); the others
+            # while results arrive: after a random number of new records, at a random moment.
+            during_startup = number % 3 == 0
+            deadline = time.monotonic() + (rng.uniform(1.0, 8.0) if during_startup else 300)
+            wanted = len(kept) + rng.randint(1, 40)
             while time.monotonic() < deadline and process.poll() is None:
                 seen.update(tree(process.pid))
-                time.sleep(0.1)
+                if not during_startup and run_dir is None and runs.exists():
+                    run_dir = next((p for p in runs.iterdir() if p.is_dir()), None)
+                if not during_startup and run_dir is not None and len(finished(run_dir)) >= wanted:
+                    time.sleep(rng.uniform(0.0, 0.5))
+                    break
+                time.sleep(0.05)
             if process.poll() is not None:
                 break
             seen.update(tree(process.pid))
@@ -103,7 +112,12 @@ def main() -> None:
             killed_at = time.monotonic()
             while alive(seen) and time.monotonic() - killed_at < 120:
                 time.sleep(0.1)
-            run_dir = run_dir or next(p for p in runs.iterdir() if p.is_dir())
+            run_dir = run_dir or next((p for p in runs.iterdir() if p.is_dir()), None) if runs.exists() else run_dir
+            if run_dir is None:  # killed before it made its run directory: nothing to resume, start again
+                kills.append({"phase": "before the run directory", "recorded": 0, "processes": len(seen),
+                              "cleanup_s": round(time.monotonic() - killed_at, 2), "left": len(alive(seen))})
+                process = subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, stdout=log, stderr=log)
+                continue
             records = finished(run_dir)
             smiles = [r["smiles"] for r in records]
             duplicates += len(smiles) - len(set(smiles))
@@ -111,7 +125,8 @@ def main() -> None:
             lost += sum(s not in now for s in kept)
             changed += sum(s in now and now[s] != v for s, v in kept.items())
             kept.update(now)
-            kills.append({"recorded": len(records), "processes": len(seen),
+            kills.append({"phase": "start-up" if during_startup else "computing", "recorded": len(records),
+                          "processes": len(seen),
                           "cleanup_s": round(time.monotonic() - killed_at, 2), "left": len(alive(seen))})
             process = subprocess.Popen([sys.executable, "run.py", "--resume", str(run_dir)], cwd=ROOT, stdout=log,
                                        stderr=log)
@@ -141,7 +156,7 @@ def main() -> None:
         "median_record_write_ms": round(fsync_cost() * 1000, 3), "per_kill": kills,
     }
     for kill in kills:
-        print(f"kill: {kill['recorded']:4d} recorded, {kill['processes']:3d} processes, all gone after "
+        print(f"kill ({kill['phase']}): {kill['recorded']} recorded, {kill['processes']} processes, gone after "
               f"{kill['cleanup_s']:.1f} s ({kill['left']} left)")
     print(f"{len(kills)} kills; target {target}: {len(records)} recorded, lost {lost}, changed {changed}, "
           f"duplicates {duplicates}, processes left {left_at_end}; durable record write "

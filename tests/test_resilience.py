@@ -141,8 +141,15 @@ def test_kill_minus_9_at_random_moments_then_resume_loses_and_repeats_nothing(tm
     kills = 0
     run = Run([*LOOKUP, "--runs-dir", str(runs), "--redis-port", port], log)
     refuse_while_running(wait_for_run_dir(runs))
-    for _ in range(5):
-        time.sleep(rng.uniform(3.0, 11.0))
+    for number in range(5):
+        if number % 2 == 0:  # a random moment, often still in start-up
+            time.sleep(rng.uniform(2.0, 9.0))
+        else:  # while results arrive: after a random number of new records
+            wanted = len(kept) + rng.randint(1, 15)
+            deadline = time.monotonic() + 120
+            while (time.monotonic() < deadline and run.process.poll() is None
+                   and len(finished_records(single_run_dir(runs))) < wanted):
+                time.sleep(0.05)
         if run.process.poll() is not None:
             break
         run.kill()
@@ -179,7 +186,7 @@ def test_redis_killed_mid_run_stops_clearly_and_resumes(tmp_path):
     port = str(free_port())
     runs = tmp_path / "runs"
     log = tmp_path / "console.txt"
-    run = Run([*LOOKUP, "--runs-dir", str(runs), "--redis-port", port], log)
+    run = Run([*LOOKUP, "--search-size", "392", "--runs-dir", str(runs), "--redis-port", port], log)
     run_dir = wait_for_run_dir(runs)
     wait_for_records(run_dir / "simulation_records.jsonl", 10, 120)
     redis_pid = json.loads((run_dir / "processes.json").read_text())["redis"]["pid"]
@@ -194,12 +201,23 @@ def test_redis_killed_mid_run_stops_clearly_and_resumes(tmp_path):
     assert not run.survivors(within=60)
     before = {r["smiles"]: r["value"] for r in finished_records(run_dir)}
 
+    # SIGTERM of a resumed run (a batch system's wall-time limit): a clean stop within 30 s, then resume again.
+    resumed = Run(["--resume", str(run_dir), "--redis-port", port], log)
+    wait_for_records(run_dir / "simulation_records.jsonl", len(before) + 10, 120)
+    resumed.process.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    assert resumed.wait(timeout=60) == 130
+    assert time.monotonic() - stopping < 30
+    assert not resumed.survivors(within=60)
+    assert json.loads((run_dir / "summary.json").read_text())["exit_status"] == 130
+
     resumed = Run(["--resume", str(run_dir), "--redis-port", port], log)
     assert resumed.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert not resumed.survivors(within=60)
     records = finished_records(run_dir)
     smiles = [r["smiles"] for r in records]
-    assert len(records) == 120 and len(set(smiles)) == 120
+    assert len(records) == 400 and len(set(smiles)) == 400
+    assert [a["resume"] for a in read_jsonl(run_dir / "attempt_records.jsonl")] == [0, 1, 2]
     assert all({r["smiles"]: r["value"] for r in records}[s] == v for s, v in before.items())
 
 

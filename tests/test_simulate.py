@@ -119,3 +119,21 @@ def test_dft_with_mpi_settings_from_qcengine_yml(tmp_path):
     assert re.search(r"nproc\s*=\s*2\b", result.stdout), "NWChem did not run on 2 MPI ranks"
     record = evaluate_molecule("O", spec, task_config)
     assert record.success and record.value > 0, record.failure_reason
+
+
+def test_time_limit_stops_a_calculation_and_its_programs():
+    """--qc-timeout: the calculation ends with QCTimeout, and a program it started is killed with it."""
+    import signal
+    import subprocess
+    import time
+
+    from methods.simulate import QCTimeout, time_limit
+
+    started = time.monotonic()
+    with pytest.raises(QCTimeout, match="--qc-timeout"), time_limit(0.3):
+        child = subprocess.Popen(["sleep", "30"])
+        child.wait()
+    assert time.monotonic() - started < 5
+    assert child.wait(timeout=5) == -signal.SIGKILL  # killed by the limit, not left running
+    with time_limit(5):  # a calculation inside the limit is untouched
+        time.sleep(0.01)
