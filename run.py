@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from configs.lifeline import mark_environment, start_watchdog, stop_leftovers
 from configs.services import (
     AuthRedisQueues,
+    RedisWatch,
     ServiceError,
     become_subreaper,
     connect_redis,
@@ -263,6 +264,10 @@ class TaskServerLost(RuntimeError):
     """The task server process died while the campaign still needed it."""
 
 
+class RedisLost(RuntimeError):
+    """The queues' Redis server stopped answering or was restarted: the tasks queued in it are gone."""
+
+
 def _forked_child(log: Path) -> None:
     """In a forked child (the task server): its own signal handling, and its stderr into a log file.
 
@@ -368,10 +373,14 @@ def main(argv: list[str] | None = None) -> int:
 
         thinker = assembly.build_thinker(queues)
         logger.info("Campaign: %s", assembly.description)
+        watch = RedisWatch(settings.redis_host, settings.redis_port, password)
         thinker.start()
         try:
             while thinker.is_alive():
                 thinker.join(timeout=0.5)
+                lost = watch.problem()
+                if lost:  # queued tasks are gone with it: stop clearly rather than wait for them forever
+                    raise RedisLost(lost)
                 if not task_server.is_alive():  # without it no result can ever come back: stop, don't hang
                     raise TaskServerLost(f"the task server stopped unexpectedly (exit code {task_server.exitcode}); "
                                          f"see {run_dir.path / 'runtime.log'}")
@@ -384,10 +393,18 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("Interrupted: shutting down")
         status = 130
         reason = "run interrupted"
+    except RedisLost as exc:
+        status = 1
+        reason = "Redis lost"
+        logger.error("%s: the run cannot go on", exc)
     except (TaskServerLost, ServiceError, SettingsError, RuntimeError) as exc:
         status = 1
         reason = "task server lost" if isinstance(exc, TaskServerLost) else reason
-        if queues is not None and not redis_answers(settings.redis_host, settings.redis_port, password):
+        try:
+            redis_gone = queues is not None and not redis_answers(settings.redis_host, settings.redis_port, password)
+        except ServiceError:  # something else answers there now
+            redis_gone = True
+        if redis_gone:
             reason = "Redis lost"
             logger.error("Redis at %s:%d stopped answering, and the queues with it: the run cannot go on (%s)",
                          settings.redis_host, settings.redis_port, exc)

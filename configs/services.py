@@ -58,6 +58,42 @@ def redis_answers(host: str, port: int, password: str | None, timeout: float = 1
         client.close()
 
 
+class RedisWatch:
+    """Notices when the queues' Redis server stops answering or is restarted, which both lose queued tasks.
+
+    Colmena keeps tasks and results only in Redis lists; a restarted server (nothing is persisted) has
+    forgotten them, while redis-py reconnects silently, so the campaign would wait forever for results that no
+    longer exist. A server's ``run_id`` changes at every start: comparing it tells a restart from a hiccup.
+    """
+
+    def __init__(self, host: str, port: int, password: str | None, period: float = 2.0):
+        self.host, self.port, self.password, self.period = host, port, password, period
+        self.run_id = self._run_id()
+        self._checked = time.monotonic()
+
+    def _run_id(self) -> str | None:
+        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_connect_timeout=2,
+                             socket_timeout=2)
+        try:
+            return str(client.info("server").get("run_id"))
+        except (redis.exceptions.RedisError, OSError):
+            return None
+        finally:
+            client.close()
+
+    def problem(self) -> str | None:
+        """None while the same server answers; otherwise what happened (checked every ``period`` seconds)."""
+        if time.monotonic() - self._checked < self.period:
+            return None
+        self._checked = time.monotonic()
+        now = self._run_id()
+        if now is None:
+            return f"Redis at {self.host}:{self.port} stopped answering"
+        if now != self.run_id:
+            return f"Redis at {self.host}:{self.port} was restarted, and the tasks queued in it are lost"
+        return None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: ask the kernel for SIGTERM when the parent dies (``PR_SET_PDEATHSIG``).
 

@@ -182,21 +182,28 @@ def test_kill_minus_9_at_random_moments_then_resume_loses_and_repeats_nothing(tm
     assert summary["evaluations"] == target and summary["attempts"] == kills + 1 and summary["exit_status"] == 0
 
 
-def test_redis_killed_mid_run_stops_clearly_and_resumes(tmp_path):
+def test_redis_restarted_mid_run_stops_clearly_and_resumes(tmp_path):
     port = str(free_port())
     runs = tmp_path / "runs"
     log = tmp_path / "console.txt"
     run = Run([*LOOKUP, "--search-size", "392", "--runs-dir", str(runs), "--redis-port", port], log)
     run_dir = wait_for_run_dir(runs)
     wait_for_records(run_dir / "simulation_records.jsonl", 10, 120)
+    # Redis restarted under the run: killed, and at once started again with the same configuration (port and
+    # password), so clients reconnect without noticing, but every queued task is gone.
     redis_pid = json.loads((run_dir / "processes.json").read_text())["redis"]["pid"]
     os.kill(redis_pid, signal.SIGKILL)
     started = time.monotonic()
-    status = run.wait(timeout=120)
+    restarted = subprocess.Popen(["redis-server", str(run_dir / "redis" / "redis.conf")], stdout=subprocess.DEVNULL)
+    try:
+        status = run.wait(timeout=120)
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=30)
     output = log.read_text()
     assert status == 1, output[-3000:]
-    assert time.monotonic() - started < 90
-    assert "stopped answering" in output and f"--resume {run_dir}" in output, output[-3000:]
+    assert time.monotonic() - started < 60
+    assert f"Redis at 127.0.0.1:{port}" in output and f"--resume {run_dir}" in output, output[-3000:]
     assert "Traceback" not in output
     assert not run.survivors(within=60)
     before = {r["smiles"]: r["value"] for r in finished_records(run_dir)}
