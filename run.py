@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 import typing
@@ -461,5 +462,23 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def exit_now(status: int) -> typing.NoReturn:
+    """End the process once the run has shut down, even if a library thread is stuck.
+
+    After Redis is lost or restarted, a Colmena agent can stay blocked forever in a read from the reconnected
+    server, and Python's exit joins the thread pool the agents run in, so the finished process would never end.
+    Everything is stopped, recorded and flushed by now, so such threads are abandoned rather than waited for.
+    """
+    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if stuck:
+        logger.debug("Leaving threads that did not end: %s", ", ".join(stuck))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if stuck:
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
