@@ -46,7 +46,7 @@ lint: $(STAMP)
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=15
 
 clean-runs:
 	rm -rf runs/*/

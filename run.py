@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
 
     run_dir = open_run_directory(campaign, settings, parser, resume)
+    run_dir.begin_attempt({"pid": os.getpid(), "command": sys.argv,
+                           settings.resume_budget: getattr(settings, settings.resume_budget)})
     configure_logging(run_dir.path / "runtime.log")
     if resume is not None:
         logger.info("Resuming %s (attempt %d)", run_dir.path, run_dir.attempt + 1)
@@ -338,8 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     watchdog = start_watchdog(run_dir.path, run_dir.attempt)
     run_dir.register_process("main", os.getpid())
     run_dir.register_process("watchdog", watchdog.pid)
-    run_dir.begin_attempt({"pid": os.getpid(), "command": sys.argv,
-                           settings.resume_budget: getattr(settings, settings.resume_budget)})
     become_subreaper()
     os.register_at_fork(after_in_child=functools.partial(_forked_child, run_dir.path / "task_server.log"))
     logger.info("Run directory: %s", run_dir.path)

@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from tests.conftest import needs_redis
-from tests.test_e2e import assert_valid_png, campaign, read_jsonl
+from tests.test_e2e import assert_valid_png, read_jsonl
 
 pytestmark = [needs_redis, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -17,9 +17,33 @@ TINY = ["--molecules", "CO", "NC=O", "--qc-budget", "70", "--initial-displacemen
         "--stability-steps", "60", "--qc-workers", "1", "--ml-workers", "1", "--seed", "3"]
 
 
-def test_tiny_forcefield_campaign_learns_and_leaves_nothing_behind(tmp_path):
-    result, run_dir = campaign(tmp_path, *TINY, name="forcefield")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+def test_tiny_forcefield_campaign_killed_resumed_learns_and_leaves_nothing_behind(tmp_path):
+    """A tiny real campaign, killed with SIGKILL once past its initial set and resumed to the end.
+
+    The resumed campaign must be indistinguishable in its results from one that ran straight through: every
+    QC result kept, none computed twice, the budget reached, a full learning curve, report and clean-up.
+    """
+    from tests.conftest import free_port
+    from tests.test_resilience import Run, finished_records, wait_for_records, wait_for_run_dir
+
+    port = str(free_port())
+    log = tmp_path / "console.txt"
+    runs = tmp_path / "runs"
+    run = Run(["forcefield", *TINY, "--runs-dir", str(runs), "--redis-port", port], log)
+    run_dir = wait_for_run_dir(runs)
+    wait_for_records(run_dir / "simulation_records.jsonl", 24, 300)  # past the initial set, into sampling
+    run.kill()
+    assert not run.survivors(within=60)
+    before = {r["qc_id"]: r.get("energy") for r in finished_records(run_dir)}
+    resumed = Run(["--resume", str(run_dir), "--redis-port", port], log)
+    assert resumed.wait(timeout=600) == 0, log.read_text()[-4000:]
+    assert not resumed.survivors(within=60)
+    assert "Resumed: " in log.read_text() and "Traceback" not in log.read_text()
+
+    finished = finished_records(run_dir)
+    assert len(finished) == 70 and len({r["qc_id"] for r in finished}) == 70  # budget reached, ids unique
+    assert all({r["qc_id"]: r.get("energy") for r in finished}[q] == e for q, e in before.items())  # kept
+    assert {r["resume"] for r in finished} == {0, 1}
     params = json.loads((run_dir / "run_params.json").read_text())
     assert params["campaign"] == "forcefield" and params["molecules"] == ["CO", "NC=O"]
 
@@ -27,8 +51,11 @@ def test_tiny_forcefield_campaign_learns_and_leaves_nothing_behind(tmp_path):
     with sqlite3.connect(run_dir / "train.db") as db:
         assert db.execute("select count(*) from systems").fetchone()[0] >= 60
     import ase.db
+    import numpy as np
 
     rows = list(ase.db.connect(run_dir / "train.db").select())
+    structures = {tuple(np.round(row.positions, 6).ravel()) for row in rows}
+    assert len(structures) == len(rows) == sum(r["success"] for r in finished)  # no structure computed twice
     sources = {row.source for row in rows}
     assert "initial" in sources and sources & {"audit", "active"}, sources
     assert all(row.forces.shape == (row.natoms, 3) and row.energy < 0 for row in rows)
@@ -45,7 +72,7 @@ def test_tiny_forcefield_campaign_learns_and_leaves_nothing_behind(tmp_path):
     assert any((run_dir / "models").rglob("member-*.pkl"))
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["exit_status"] == 0 and summary["qc_calls"] == 70
+    assert summary["exit_status"] == 0 and summary["qc_calls"] == 70 and summary["attempts"] == 2
     curve = summary["learning_curve"]
     assert len(curve) >= 2 and summary["test_set_size"] == 2 * 10
     assert curve[-1]["force_mae"] < curve[0]["force_mae"], curve  # it learned

@@ -50,7 +50,7 @@ from configs.names import (
 )
 from thinkers.campaign import Assembly, SteeringThinker
 from thinkers.proxies import ProxyLedger
-from thinkers.records import SUBMITTED_RECORDS, RunDirectory, task_timing
+from thinkers.records import SUBMITTED_RECORDS, RunDirectory, latest_attempt, task_timing
 
 logger = logging.getLogger(__name__)
 
@@ -965,8 +965,9 @@ def summarize(run_dir: RunDirectory, qc_workers: int, ml_workers: int, wall_time
              for r in evaluations]
     ml_records = ([r for r in training if r.get("event") in ("member", "evaluation")] + sampling + stability
                   + run_dir.read_records(INFERENCE_RECORDS))
-    qc_use = qc_utilization(finished + references, qc_workers)
-    ml_use = qc_utilization(ml_records, ml_workers)
+    qc_use = qc_utilization(latest_attempt(finished + references), qc_workers)
+    ml_use = qc_utilization(latest_attempt(ml_records), ml_workers)
+    stability = latest_attempt(stability)  # a resume that trains a new final ensemble checks it again
     stable = [r for r in stability if r.get("stable")]
     audit_errors = [r["audit_error"] for r in audits if r.get("audit_error") is not None]
     return {
@@ -976,7 +977,8 @@ def summarize(run_dir: RunDirectory, qc_workers: int, ml_workers: int, wall_time
         "failure_reasons": reasons,
         "qc_calls_by_source": {s: sum(1 for r in finished if r.get("source") == s)
                                for s in ("initial", "audit", "active")},
-        "test_set_size": sum(r.get("n_frames") or 0 for r in references),
+        # Every attempt fetches the test set again (from the cache); count each molecule's once, the latest.
+        "test_set_size": sum(r.get("n_frames") or 0 for r in {r["molecule"]: r for r in references}.values()),
         "learning_curve": curve,
         "final": curve[-1] if curve else None,
         "audits": {"count": len(audits), "continued": sum(1 for r in audits if r.get("decision") == "continue"),

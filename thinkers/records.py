@@ -325,6 +325,18 @@ class RunDirectory:
             self._writers.clear()
 
 
+def latest_attempt(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records written by the latest attempt that wrote any (all of them for a run never resumed).
+
+    Rates such as worker utilization are measured within one attempt: across attempts the wall-clock window
+    would include the time the run was stopped.
+    """
+    if not records:
+        return []
+    last = max(int(r.get("resume") or 0) for r in records)
+    return [r for r in records if int(r.get("resume") or 0) == last]
+
+
 def task_timing(result: Result) -> dict[str, Any]:
     """Colmena's timestamps and time spans of a task, flattened for the records."""
     timing = {f"time_{k}": v for k, v in result.time.model_dump().items() if k != "additional"}
@@ -381,6 +393,6 @@ def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: 
         "failure_reasons": reasons,
         "wall_time": wall_time,
         "median_qc_time_per_molecule": qc_times[len(qc_times) // 2] if qc_times else None,
-        **qc_utilization(records, n_workers),
+        **qc_utilization(latest_attempt(records), n_workers),
         "best": [{"smiles": r["smiles"], "value": r["value"], "source": r.get("source")} for r in best],
     }
