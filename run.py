@@ -33,14 +33,13 @@ import psutil
 from colmena.task_server import ParslTaskServer
 from pydantic import ValidationError
 
-from configs.lifeline import mark_environment, start_watchdog, stop_leftovers
+from configs.lifeline import mark_environment, register_process, start_watchdog, stop_leftovers
 from configs.services import (
     AuthRedisQueues,
     RedisWatch,
     ServiceError,
     become_subreaper,
     connect_redis,
-    redis_answers,
     stop_descendants,
 )
 from configs.settings import CampaignSettings, CommonSettings, ForcefieldSettings, SettingsError, load_qc_config
@@ -124,13 +123,20 @@ def _option(name: str) -> str:
 
 
 def _validate(parser: argparse.ArgumentParser, settings_class: type[CommonSettings],
-              given: dict[str, typing.Any]) -> CommonSettings:
-    """Settings from option values; an invalid value exits with status 2 and one line naming the option."""
+              given: dict[str, typing.Any], saved_in: Path | None = None) -> CommonSettings:
+    """Settings from option values; an invalid value exits with status 2 and one line naming the option.
+
+    With ``saved_in`` the values come from that file (a resumed run's ``run_params.json``), and the message
+    names the file and key instead of an option the user never typed.
+    """
     try:
         return settings_class(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = _option(str(error["loc"][0])) if error["loc"] else "options"
+        if saved_in is not None:
+            where = f"--resume: {saved_in}: {'.'.join(map(str, error['loc'])) or 'options'}"
+        else:
+            where = _option(str(error["loc"][0])) if error["loc"] else "options"
         parser.error(f"{where}: {error['msg'].removeprefix('Value error, ')}")
 
 
@@ -190,12 +196,7 @@ def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argpars
             parser.error(f"{_option(name)}: cannot be changed when resuming (the run keeps its saved options; "
                          f"only a larger {_option(budget)} and the Redis server may be given)")
     params = {k: v for k, v in saved.items() if k in settings_class.model_fields}
-    try:
-        settings_class(**params)
-    except ValidationError as exc:  # the saved options themselves are broken: say where, not which option
-        error = exc.errors()[0]
-        where = ".".join(map(str, error["loc"])) or "options"
-        parser.error(f"--resume: {resume_dir}/run_params.json: {where}: {error['msg'].removeprefix('Value error, ')}")
+    _validate(parser, settings_class, params, saved_in=resume_dir / "run_params.json")  # before comparing budgets
     if budget in given and given[budget] < params.get(budget, 0):
         parser.error(f"{_option(budget)}: cannot be lowered when resuming (the run was started with "
                      f"{params[budget]})")
@@ -338,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     # Every process started from here on carries the run's marker; the watchdog stops them all if this one dies.
     mark_environment(run_dir.path, run_dir.attempt)
     watchdog = start_watchdog(run_dir.path, run_dir.attempt)
-    run_dir.register_process("main", os.getpid())
-    run_dir.register_process("watchdog", watchdog.pid)
+    register_process(run_dir.path, run_dir.attempt, "main", os.getpid())
+    register_process(run_dir.path, run_dir.attempt, "watchdog", watchdog.pid)
     become_subreaper()
     os.register_at_fork(after_in_child=functools.partial(_forked_child, run_dir.path / "task_server.log"))
     logger.info("Run directory: %s", run_dir.path)
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     task_config = qc_machine.task_config(run_dir.path)
 
     start = time.monotonic()
-    redis_server = task_server = queues = thinker = assembly = None
+    redis_server = task_server = queues = thinker = assembly = watch = None
     reason = "run stopped by an error"
     status = 1
     # SIGINT explicitly too: a run started in the background by a non-interactive shell (a batch script,
@@ -360,21 +361,21 @@ def main(argv: list[str] | None = None) -> int:
         password, redis_server = connect_redis(settings.redis_host, settings.redis_port, settings.redis_password,
                                                run_dir.path / "redis")
         if redis_server is not None:
-            run_dir.register_process("redis", redis_server.process.pid)
+            register_process(run_dir.path, run_dir.attempt, "redis", redis_server.process.pid)
         queues = AuthRedisQueues(assembly.topics, hostname=settings.redis_host, port=settings.redis_port,
                                  password=password, prefix=f"molsteer-{run_dir.name}", keep_inputs=False,
                                  serialization_method="pickle", max_retries=settings.max_retries)
+        watch = RedisWatch(settings.redis_host, settings.redis_port, password)
         parsl_config = SITES[settings.site](
             run_dir.path, SiteOptions(settings.qc_workers, settings.ml_workers, qc_machine.ncores))
         (run_dir.path / "parsl_config.txt").write_text(repr(parsl_config) + "\n")
         task_server = ParslTaskServer([(method, {"executors": [label]}) for method, label in assembly.methods],
                                       queues, parsl_config)
         task_server.start()
-        run_dir.register_process("task_server", task_server.pid)
+        register_process(run_dir.path, run_dir.attempt, "task_server", task_server.pid)
 
         thinker = assembly.build_thinker(queues)
         logger.info("Campaign: %s", assembly.description)
-        watch = RedisWatch(settings.redis_host, settings.redis_port, password)
         thinker.start()
         try:
             while thinker.is_alive():
@@ -401,14 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     except (TaskServerLost, ServiceError, SettingsError, RuntimeError) as exc:
         status = 1
         reason = "task server lost" if isinstance(exc, TaskServerLost) else reason
-        try:
-            redis_gone = queues is not None and not redis_answers(settings.redis_host, settings.redis_port, password)
-        except ServiceError:  # something else answers there now
-            redis_gone = True
-        if redis_gone:
+        lost = watch.problem(now=True) if watch is not None else None  # often the cause: agents die with Redis
+        if lost:
             reason = "Redis lost"
-            logger.error("Redis at %s:%d stopped answering, and the queues with it: the run cannot go on (%s)",
-                         settings.redis_host, settings.redis_port, exc)
+            logger.error("%s: the run cannot go on (%s)", lost, exc)
         else:
             logger.error("%s", exc)
     finally:

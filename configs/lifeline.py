@@ -32,10 +32,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from methods.data import atomic_save
+
 logger = logging.getLogger(__name__)
+
+PROCESSES_FILE = "processes.json"
+"""The processes the latest attempt registered, in its run directory."""
 
 MARKER = "MOLSTEER_RUN"
 """Environment variable that tags every process of a run: ``<absolute run directory>#<attempt>``."""
@@ -70,14 +76,42 @@ def marked_processes(run_path: Path, attempt: int | None = None) -> list[psutil.
     return found
 
 
-def registered_processes(run_path: Path) -> list[psutil.Process]:
-    """Processes listed in ``processes.json`` that still run (pid and start time both match); never this one."""
+def read_processes(run_path: Path) -> dict[str, Any]:
+    """``processes.json``: ``{"_attempt": n, role: {"pid", "create_time"}}`` (empty when missing or unreadable)."""
     try:
-        data = json.loads((Path(run_path) / "processes.json").read_text())
+        data = json.loads((Path(run_path) / PROCESSES_FILE).read_text())
     except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def register_process(run_path: Path, attempt: int, role: str, pid: int) -> None:
+    """Remember a process an attempt started (pid and start time), so a later resume can stop it if it lingers.
+
+    The file holds one attempt's processes: the first registration of a new attempt replaces the old list.
+    """
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return
+    processes = read_processes(run_path)
+    if processes.get("_attempt") != attempt:
+        processes = {"_attempt": attempt}
+    processes[role] = {"pid": pid, "create_time": created}
+    text = json.dumps(processes, indent=2)
+    atomic_save(Path(run_path) / PROCESSES_FILE, lambda temporary: temporary.write_text(text))
+
+
+def registered_processes(run_path: Path, attempt: int | None = None) -> list[psutil.Process]:
+    """Processes in ``processes.json`` that still run (pid and start time both match); never this one.
+
+    With ``attempt``, only when the file is still that attempt's: a resume started meanwhile has its own list.
+    """
+    data = read_processes(run_path)
+    if attempt is not None and data.get("_attempt") != attempt:
         return []
     found = []
-    for role, entry in data.items() if isinstance(data, dict) else ():
+    for role, entry in data.items():
         if role.startswith("_") or not isinstance(entry, dict):
             continue
         try:
@@ -129,14 +163,12 @@ def with_descendants(processes: list[psutil.Process]) -> dict[int, psutil.Proces
 def stop_leftovers(run_path: Path, attempt: int | None = None, rounds: int = 3) -> list[str]:
     """Stop every process an attempt of this run left behind (all earlier attempts when ``attempt`` is None).
 
-    Several rounds, because stopping a parent can briefly leave a child that was being started.
+    Found by marker and in ``processes.json``, with their descendants. Several rounds, because stopping a parent
+    can briefly leave a child that was being started.
     """
     stopped: list[str] = []
     for _ in range(rounds):
-        candidates = marked_processes(run_path, attempt)
-        if attempt is None:
-            candidates += registered_processes(run_path)
-        found = with_descendants(candidates)
+        found = with_descendants(marked_processes(run_path, attempt) + registered_processes(run_path, attempt))
         if not found:
             break
         stopped += stop_processes(list(found.values()))
@@ -158,12 +190,31 @@ def start_watchdog(run_path: Path, attempt: int) -> subprocess.Popen:
         log.close()
 
 
-def _watch(parent: int, run_path: Path, attempt: int, period: float = 0.5) -> int:
-    """Wait for ``parent`` to die; then stop everything this attempt started. Exits quietly on SIGTERM.
+def remember_descendants(root: psutil.Process, seen: dict[tuple[int, float], psutil.Process]) -> None:
+    """Add every process below ``root`` to ``seen``, keyed by pid and start time (so a reused pid is not confused).
 
-    While the parent lives, every process below it is remembered (pid and start time), so that after its death
-    even a process whose marker is hidden and whose own parent is gone is still known.
+    Called again and again while ``root`` lives: after its death, what it started is still known, even a
+    process whose marker is hidden and whose own parent is gone.
     """
+    with contextlib.suppress(psutil.Error):
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.pid != os.getpid():
+                    seen.setdefault((child.pid, child.create_time()), child)
+
+
+def still_running(seen: dict[tuple[int, float], psutil.Process]) -> list[psutil.Process]:
+    """The remembered processes that still run (``is_running`` checks the start time too); zombies excluded."""
+    running = []
+    for process in seen.values():
+        with contextlib.suppress(psutil.Error):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+    return running
+
+
+def _watch(parent: int, run_path: Path, attempt: int, period: float = 0.5) -> int:
+    """Wait for ``parent`` to die; then stop everything this attempt started. Exits quietly on SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the run ended cleanly and is stopping us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     seen: dict[tuple[int, float], psutil.Process] = {}
@@ -173,17 +224,11 @@ def _watch(parent: int, run_path: Path, attempt: int, period: float = 0.5) -> in
         root = None
     while os.getppid() == parent:
         if root is not None:
-            with contextlib.suppress(psutil.Error):
-                for child in root.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        if child.pid != os.getpid():
-                            seen.setdefault((child.pid, child.create_time()), child)
+            remember_descendants(root, seen)
         time.sleep(period)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    remembered = [p for p in seen.values() if p.is_running()]  # is_running also checks the start time
-    stopped = stop_processes(list(with_descendants(remembered).values()))
+    stopped = stop_processes(list(with_descendants(still_running(seen)).values()))
     stopped += stop_leftovers(run_path, attempt)
-    stopped += stop_processes(list(with_descendants(registered_processes(run_path)).values()))
     print(f"{stamp} run.py (pid {parent}) ended without cleaning up; stopped: {', '.join(stopped) or 'nothing'}",
           flush=True)
     return 0

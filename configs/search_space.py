@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from rdkit import Chem, RDLogger, rdBase
 
-from configs.settings import SettingsError
+from configs.settings import SettingsError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +142,10 @@ def load_search_space(
     except OSError as exc:
         if compressed:
             raise SettingsError(f"{prefix} {_gzip_problem(exc, reader)}") from exc
-        raise SettingsError(f"{prefix} cannot be read: {_one_line(exc.strerror or str(exc))}") from exc
+        raise SettingsError(f"{prefix} cannot be read: {one_line(exc.strerror or str(exc))}") from exc
     except Exception as exc:  # noqa: BLE001 - any content must end in a message naming the file, never a traceback
         where = f" (at line {reader.number})" if reader is not None and reader.number else ""
-        raise SettingsError(f"{prefix} cannot be read{where}: {_one_line(f'{type(exc).__name__}: {exc}')}") from exc
+        raise SettingsError(f"{prefix} cannot be read{where}: {one_line(f'{type(exc).__name__}: {exc}')}") from exc
 
     space = builder.result(path)
     if space.n_lines == 0:
@@ -190,7 +190,7 @@ class _Builder:
         try:
             canonical, reason = self.check(smiles)
         except Exception as exc:  # noqa: BLE001 - one odd molecule must not stop the whole file
-            canonical, reason = None, f"RDKit could not process {_shown(smiles)} ({_one_line(str(exc))})"
+            canonical, reason = None, f"RDKit could not process {_shown(smiles)} ({one_line(str(exc))})"
         if canonical is None:
             self.skipped.append((number, reason or f"invalid SMILES {_shown(smiles)}"))
         elif canonical in self.seen:
@@ -347,7 +347,7 @@ def _csv_rows(reader: _LineReader, prefix: str) -> Iterator[tuple[int, str | Non
                 raise SettingsError(f"{prefix} the file has only blank or comment lines, no CSV header") from None
             return
         except csv.Error as exc:
-            raise SettingsError(f"{prefix} malformed CSV row at line {start}: {_one_line(str(exc))}") from exc
+            raise SettingsError(f"{prefix} malformed CSV row at line {start}: {one_line(str(exc))}") from exc
         if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
             continue
         if header is None:
@@ -401,7 +401,7 @@ def _parse_problem(smiles: str) -> str:
             return ""
         Chem.SanitizeMol(mol)
     except Exception as exc:  # noqa: BLE001 - RDKit's sanitization exceptions carry the reason as their text
-        return f" ({_one_line(str(exc))[:120]})"
+        return f" ({one_line(str(exc))[:120]})"
     return ""
 
 
@@ -411,7 +411,7 @@ def _gzip_problem(exc: BaseException, reader: _LineReader | None) -> str:
     where = f" (in line {line + 1})" if line or isinstance(exc, EOFError) else ""
     if isinstance(exc, EOFError):
         return f"the gzip file is truncated{where}"
-    return f"not a valid gzip file{where}: {_one_line(str(exc))}"
+    return f"not a valid gzip file{where}: {one_line(str(exc))}"
 
 
 def _element_list(elements: frozenset[str]) -> str:
@@ -431,11 +431,6 @@ def _element_list(elements: frozenset[str]) -> str:
 def _shown(text: str, limit: int = 40) -> str:
     """A piece of the file quoted for a message: shortened, and with control characters escaped by repr."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _one_line(text: str) -> str:
-    """Collapse whitespace, so messages from libraries never break the one-line error format."""
-    return " ".join(text.split())
 
 
 def _printable(text: str) -> str:

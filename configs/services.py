@@ -81,9 +81,9 @@ class RedisWatch:
         finally:
             client.close()
 
-    def problem(self) -> str | None:
-        """None while the same server answers; otherwise what happened (checked every ``period`` seconds)."""
-        if time.monotonic() - self._checked < self.period:
+    def problem(self, now: bool = False) -> str | None:
+        """None while the same server answers; otherwise what happened (checked every ``period`` s, or ``now``)."""
+        if not now and time.monotonic() - self._checked < self.period:
             return None
         self._checked = time.monotonic()
         now = self._run_id()

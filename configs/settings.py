@@ -330,7 +330,7 @@ def load_qc_config(path: Path, site: str) -> QCMachineSettings:
     Raises:
         SettingsError: the file is missing, is not YAML, lacks the site, or holds unknown or invalid keys.
     """
-    where = f"QC settings file {_one_line(str(path))}"
+    where = f"QC settings file {one_line(str(path))}"
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
@@ -342,18 +342,18 @@ def load_qc_config(path: Path, site: str) -> QCMachineSettings:
     except UnicodeDecodeError as exc:
         raise SettingsError(f"{where} is not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
-        raise SettingsError(f"{where} is not valid YAML: {_one_line(str(exc))}") from exc
+        raise SettingsError(f"{where} is not valid YAML: {one_line(str(exc))}") from exc
     except (OSError, RecursionError, ValueError) as exc:  # nesting or numbers too deep or large for the parser
-        raise SettingsError(f"{where} cannot be read: {_one_line(f'{type(exc).__name__}: {exc}')}") from exc
+        raise SettingsError(f"{where} cannot be read: {one_line(f'{type(exc).__name__}: {exc}')}") from exc
     if not isinstance(data, dict) or site not in data:
         raise SettingsError(f"{where} has no section for site '{site}'")
     try:
         return QCMachineSettings.model_validate(data[site] or {})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(_key(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"{where}, section '{site}': {_one_line(problems)}") from exc
+        raise SettingsError(f"{where}, section '{site}': {one_line(problems)}") from exc
     except (RecursionError, ValueError) as exc:
-        raise SettingsError(f"{where}, section '{site}': {_one_line(f'{type(exc).__name__}: {exc}')}") from exc
+        raise SettingsError(f"{where}, section '{site}': {one_line(f'{type(exc).__name__}: {exc}')}") from exc
 
 
 def _key(part: object) -> str:
@@ -361,7 +361,7 @@ def _key(part: object) -> str:
     return part if isinstance(part, str) and part.isidentifier() else repr(part)
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 300) -> str:
     """Whitespace (line breaks included) collapsed, and cut: an error message is one line on the terminal."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "…"

@@ -47,12 +47,18 @@ def cache_dir() -> Path:
 
 
 def atomic_save(path: Path, writer: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename, so concurrent workers never read a half-written cache."""
+    """Write through a temporary file, sync it to disk and rename.
+
+    Concurrent workers never read a half-written cache, and a kill (or a power cut) leaves either the old file
+    or the new one, never a torn one: run-directory state relies on that to be resumable.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
     os.close(fd)
     try:
         writer(Path(tmp))
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

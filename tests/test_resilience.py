@@ -302,3 +302,20 @@ def test_bad_input_exits_2_before_anything_starts(tmp_path):
     assert not runs.exists() or not any(runs.iterdir())  # no half-made run directory
     started = [p for p in psutil.process_iter(["name"]) if p.pid not in before and p.info["name"] == "redis-server"]
     assert not started
+
+
+def test_a_search_space_file_replaces_qm9_and_its_bad_lines_are_reported(tmp_path, qm9):
+    """--search-space end to end (lookup mode): only the file's molecules are evaluated; bad lines are named."""
+    chosen = [str(s) for s in qm9.smiles[1000:1040]]
+    library = tmp_path / "library.smi"
+    library.write_text("\n".join([f"{s} mol{i}" for i, s in enumerate(chosen)] + ["C[Si](C)C silane", "xyz"]) + "\n")
+    runs = tmp_path / "runs"
+    run = Run(["--qc-code", "qm9", "--search-space", str(library), "--initial-count", "4", "--search-size", "10",
+               "--qc-workers", "1", "--runs-dir", str(runs), "--redis-port", str(free_port())], tmp_path / "log.txt")
+    assert run.wait(timeout=300) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    run_dir = single_run_dir(runs)
+    records = finished_records(run_dir)
+    assert len(records) == 14 and {r["smiles"] for r in records} <= set(chosen)
+    assert all(r["success"] for r in records)  # QM9 molecules: every lookup succeeds
+    log = (run_dir / "runtime.log").read_text()
+    assert "2 of 42 lines skipped" in log and "line 41: element Si" in log and "line 42" in log

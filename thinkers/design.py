@@ -214,17 +214,10 @@ class DesignThinker(SteeringThinker):
     def _take_over(self, history: DesignHistory) -> None:
         """Continue from earlier attempts: their results count, their unfinished molecules go first."""
         for record in history.finished:
-            self.n_done += 1
             self.attempted_smiles.add(record["smiles"])
             if record.get("row") is not None and int(record["row"]) >= 0:
                 self.attempted.add(int(record["row"]))
-            if record.get("success"):
-                value = float(record["value"])
-                self.database[record["smiles"]] = value
-                if self.best is None or self._is_better(value, self.best[1]):
-                    self.best = (record["smiles"], value)
-            else:
-                self.n_failed += 1
+            self._count_result(record)
         self.n_submitted = self.n_done
         for rank, info in enumerate(history.unfinished):  # they were the most urgent when the run stopped
             item = candidate(info["smiles"], int(info["row"]) if info.get("row") is not None else -1,
@@ -248,6 +241,17 @@ class DesignThinker(SteeringThinker):
         fresh = self.pool_rows[~np.isin(self.pool_rows, excluded)]
         for rank, row in enumerate(self._rng.choice(fresh, size=min(count, len(fresh)), replace=False)):
             self.task_queue.put(candidate(str(self.pool_smiles[row]), int(row), INITIAL_BATCH, rank))
+
+    def _count_result(self, outcome: dict[str, Any]) -> None:
+        """One more molecule done: a success joins the database (and maybe becomes the best), or a failure counts."""
+        self.n_done += 1
+        if outcome.get("success"):
+            value = float(outcome["value"])
+            self.database[outcome["smiles"]] = value
+            if self.best is None or self._is_better(value, self.best[1]):
+                self.best = (outcome["smiles"], value)
+        else:
+            self.n_failed += 1
 
     def _is_better(self, value: float, than: float) -> bool:
         return value > than if self.plan.maximize else value < than
@@ -331,14 +335,7 @@ class DesignThinker(SteeringThinker):
         for info, outcome in zip(candidates, outcomes, strict=True):
             source = "initial" if info["batch"] == INITIAL_BATCH else "model"
             with self._state:
-                self.n_done += 1
-                if outcome["success"]:
-                    value = float(outcome["value"])
-                    self.database[outcome["smiles"]] = value
-                    if self.best is None or self._is_better(value, self.best[1]):
-                        self.best = (outcome["smiles"], value)
-                else:
-                    self.n_failed += 1
+                self._count_result(outcome)
                 n_done, n_failed, best = self.n_done, self.n_failed, self.best
                 self._state.notify_all()
             writer.write({**outcome, **info, "source": source, "n_done": n_done, "retries": result.retries,
@@ -615,33 +612,26 @@ def check(settings: Any) -> None:
             logger.warning("--qc-code qm9 with --search-space: molecules not in QM9 are recorded as failed lookups")
 
 
-@functools.lru_cache(maxsize=2)
-def _search_space(path: str, size: int, modified: int) -> Any:
+@functools.lru_cache(maxsize=1)
+def search_space(path: Path) -> Any:
+    """The validated molecules of a ``--search-space`` file, read once per process (by check, used by assemble).
+
+    Raises:
+        SettingsError: the file cannot be used (the message names the file, and the line where it matters).
+    """
     from configs.search_space import load_search_space
     from methods.chem import SUPPORTED_ELEMENTS
 
     return load_search_space(path, elements=frozenset(SUPPORTED_ELEMENTS))
 
 
-def search_space(path: Path) -> Any:
-    """The validated molecules of a ``--search-space`` file, read once per process while the file is unchanged.
-
-    Raises:
-        SettingsError: the file cannot be used (the message names the file, and the line where it matters).
-    """
-    try:
-        status = Path(path).stat()
-    except OSError:
-        return _search_space.__wrapped__(str(path), 0, 0)  # the loader says what is wrong with the path
-    return _search_space(str(path), status.st_size, status.st_mtime_ns)
-
-
 def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
     """The design campaign's one assembly point: validated settings → task-server methods and a thinker factory.
 
-    Loads the QM9 search space, saves the level of theory (``qc_spec.json``), and, once the task server runs,
-    computes the reference atom energies the atomization objective needs before the thinker starts. A resumed
-    run (``run_dir.attempt > 0``) takes its state over from the records (:class:`DesignHistory`) and reuses the
+    Loads the search space (QM9 or ``--search-space``), saves the level of theory (``qc_spec.json``), and, once
+    the task server runs, computes the reference atom energies the atomization objective needs before the
+    thinker starts. ``run.py`` has run :func:`check` on the settings first. A resumed run
+    (``run_dir.attempt > 0``) takes its state over from the records (:class:`DesignHistory`) and reuses the
     saved atom energies.
     """
     from methods.data import load_qm9, sample_pool
@@ -650,7 +640,6 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
     from methods.surrogates import score_qm9, score_smiles, train_mpnn, train_surrogate
     from thinkers.records import summarize
 
-    check(settings)
     spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis,
                   objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed,
                   timeout=settings.qc_timeout)

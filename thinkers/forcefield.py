@@ -1052,19 +1052,15 @@ def check(settings: Any) -> None:
 def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
     """The forcefield campaign's one assembly point: settings → task-server methods and a thinker factory.
 
-    Raises:
-        SettingsError: a starting molecule is not in QM9.
+    ``run.py`` has run :func:`check` on the settings first. A resumed run (``run_dir.attempt > 0``) takes its
+    state over from ``train.db``, the records and the saved models (:class:`ForcefieldHistory`).
     """
-    from configs.settings import SettingsError
     from methods.ensemble import infer_energies
     from methods.mlip import PotentialConfig, create_potential, evaluate, train_potential
     from methods.sampling import displaced, reference_trajectory, run_sampling, starting_structures
     from methods.simulate import QCSpec, compute_energy_forces
 
-    try:
-        starts = starting_structures(settings.molecules)
-    except ValueError as exc:
-        raise SettingsError(f"--molecules: {exc}") from exc
+    starts = starting_structures(settings.molecules)  # check() has vetted them
     spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis, seed=settings.seed,
                   timeout=settings.qc_timeout)
     run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": "eV, eV/Å", "task_config": task_config})

@@ -31,13 +31,15 @@ from typing import Any
 
 from colmena.models import Result
 
+from configs.lifeline import read_processes
+from methods.data import atomic_save
+
 SIMULATION_RECORDS = "simulation_records.jsonl"
 SCREENING_RECORDS = "screening_records.jsonl"
 TRAINING_RECORDS = "training_records.jsonl"
 RL_RECORDS = "rl_records.jsonl"
 SUBMITTED_RECORDS = "submitted_records.jsonl"
 ATTEMPT_RECORDS = "attempt_records.jsonl"
-PROCESSES_FILE = "processes.json"
 LOCK_FILE = ".lock"
 
 logger = logging.getLogger(__name__)
@@ -229,7 +231,7 @@ class RunDirectory:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            owner = self.read_processes().get("main", {}).get("pid", "unknown")
+            owner = read_processes(self.path).get("main", {}).get("pid", "unknown")
             raise RunDirectoryError(f"{self.path} is in use by a running molsteer process (pid {owner}); "
                                     "stop it first, or wait for it to end") from None
         self._lock_handle = handle
@@ -245,14 +247,9 @@ class RunDirectory:
 
     def write_json(self, name: str, data: Any) -> Path:
         """Write a JSON document into the run directory, atomically (a kill leaves the old or the new one)."""
-        target = self.path / name
-        temporary = target.with_name(f".{name}.tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(_jsonable(data), indent=2, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        return target
+        text = json.dumps(_jsonable(data), indent=2, default=str) + "\n"
+        atomic_save(self.path / name, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        return self.path / name
 
     def read_json(self, name: str) -> Any:
         """Read a JSON document from the run directory."""
@@ -262,14 +259,9 @@ class RunDirectory:
         """Save steering state (an RL agent, a model) atomically, for a later resume."""
         import pickle
 
-        target = self.path / name
-        temporary = target.with_name(f".{name}.tmp")
-        with open(temporary, "wb") as handle:
-            pickle.dump(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        return target
+        payload = pickle.dumps(obj)
+        atomic_save(self.path / name, lambda temporary: temporary.write_bytes(payload))
+        return self.path / name
 
     def read_pickle(self, name: str) -> Any:
         """Load what :meth:`write_pickle` saved; None when it was never saved (or cannot be read)."""
@@ -283,28 +275,6 @@ class RunDirectory:
         except Exception:  # noqa: BLE001 - lost state is rebuilt from the records; say so, do not fail the resume
             logger.warning("Could not read %s; starting that state afresh", name, exc_info=True)
             return None
-
-    def register_process(self, role: str, pid: int) -> None:
-        """Remember a process this attempt started (pid and start time), so a resume can stop it if it outlives us."""
-        import psutil
-
-        try:
-            created = psutil.Process(pid).create_time()
-        except psutil.Error:
-            return
-        with self._lock:
-            processes = self.read_processes() if self.read_processes().get("_attempt") == self.attempt else {}
-            processes["_attempt"] = self.attempt
-            processes[role] = {"pid": pid, "create_time": created}
-            self.write_json(PROCESSES_FILE, processes)
-
-    def read_processes(self) -> dict[str, Any]:
-        """The processes the latest attempt registered (empty when none or unreadable)."""
-        try:
-            data = json.loads((self.path / PROCESSES_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
 
     def records(self, name: str) -> JsonlWriter:
         """The (shared) appender for a records file; every line it writes carries this attempt's number."""
