@@ -30,7 +30,6 @@ import typing
 from pathlib import Path
 
 import psutil
-from colmena.task_server import ParslTaskServer
 from pydantic import ValidationError
 
 from configs.lifeline import mark_environment, register_process, start_watchdog, stop_leftovers
@@ -42,8 +41,16 @@ from configs.services import (
     connect_redis,
     stop_descendants,
 )
-from configs.settings import CampaignSettings, CommonSettings, ForcefieldSettings, SettingsError, load_qc_config
-from configs.sites import SITES, SiteOptions
+from configs.settings import (
+    SITE_OPTIONS,
+    CampaignSettings,
+    CommonSettings,
+    ForcefieldSettings,
+    SettingsError,
+    load_qc_config,
+)
+from configs.sites import SITES, SiteOptions, check_site
+from configs.taskservers import build_task_server
 from thinkers.records import RunDirectory, RunDirectoryError
 
 logger = logging.getLogger("molsteer")
@@ -60,8 +67,11 @@ CAMPAIGNS: dict[str, tuple[type[CommonSettings], str, str]] = {
 }
 """Campaign name → its settings (the CLI is generated from them), its assembly module, and its description."""
 DEFAULT_CAMPAIGN = "design"
-RESUME_SERVICE_OPTIONS = ("redis_host", "redis_port", "redis_password")
-"""Options ``--resume`` accepts besides a larger budget: the queues' server may differ from attempt to attempt."""
+REDIS_PASSWORD_VARIABLE = "MOLSTEER_REDIS_PASSWORD"
+"""Environment variable with the password of a Redis server started by a launch script (kept out of ``ps``)."""
+RESUME_SERVICE_OPTIONS = ("redis_host", "redis_port", "redis_password", *SITE_OPTIONS)
+"""Options ``--resume`` accepts besides a larger budget: the queues' server and where workers run (a new batch
+job, another cluster) may differ from attempt to attempt; the campaign itself may not."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -78,8 +88,10 @@ def build_parser(campaign: str = DEFAULT_CAMPAIGN) -> argparse.ArgumentParser:
     prog = "run.py" if campaign == DEFAULT_CAMPAIGN else f"run.py {campaign}"
     parser = OneLineParser(prog=prog, description=description)
     defaults = settings_class()
+    sites = parser.add_argument_group("where workers run", "See the README's 'Running on a cluster'.")
     for name, info in settings_class.model_fields.items():
         annotation = info.annotation
+        group = sites if name in SITE_OPTIONS else parser
         if name == "maximize":  # a direction, spelled as two flags
             direction = parser.add_mutually_exclusive_group()
             direction.add_argument("--maximize", dest="maximize", action="store_const", const=True,
@@ -88,6 +100,9 @@ def build_parser(campaign: str = DEFAULT_CAMPAIGN) -> argparse.ArgumentParser:
                                    default=argparse.SUPPRESS, help="See --maximize")
             continue
         kwargs: dict = {"help": info.description, "default": argparse.SUPPRESS}
+        if annotation is bool:  # a switch: given means True
+            group.add_argument("--" + name.replace("_", "-"), action="store_const", const=True, **kwargs)
+            continue
         if isinstance(annotation, types.UnionType):  # `X | None`: the option takes an X
             annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         origin = typing.get_origin(annotation)
@@ -103,7 +118,7 @@ def build_parser(campaign: str = DEFAULT_CAMPAIGN) -> argparse.ArgumentParser:
         if "default" not in info.description:
             default = getattr(defaults, name)
             kwargs["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
-        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+        group.add_argument("--" + name.replace("_", "-"), **kwargs)
     budget = "--" + settings_class.resume_budget.replace("_", "-")
     parser.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS,
                         help=f"Continue a stopped or killed run in RUN_DIR with its saved options (only a larger "
@@ -194,7 +209,7 @@ def parse_settings(argv: list[str] | None) -> tuple[str, CommonSettings, argpars
     for name in given:
         if name not in (budget, *RESUME_SERVICE_OPTIONS):
             parser.error(f"{_option(name)}: cannot be changed when resuming (the run keeps its saved options; "
-                         f"only a larger {_option(budget)} and the Redis server may be given)")
+                         f"only a larger {_option(budget)}, the Redis server and where workers run may be given)")
     params = {k: v for k, v in saved.items() if k in settings_class.model_fields}
     _validate(parser, settings_class, params, saved_in=resume_dir / "run_params.json")  # before comparing budgets
     if budget in given and given[budget] < params.get(budget, 0):
@@ -327,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             parser.error(str(exc))
 
+    site_options = SiteOptions.from_settings(settings, qc_machine.ncores)
+    if settings.task_server == "parsl":  # a site that cannot work fails here, in one line, not as a hung run
+        try:
+            check_site(site_options, settings.site, settings.redis_port)
+        except SettingsError as exc:
+            parser.error(str(exc))
+
     run_dir = open_run_directory(campaign, settings, parser, resume)
     run_dir.begin_attempt({"pid": os.getpid(), "command": sys.argv,
                            settings.resume_budget: getattr(settings, settings.resume_budget)})
@@ -358,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         assembly = module.assemble(settings, run_dir, task_config)
-        password, redis_server = connect_redis(settings.redis_host, settings.redis_port, settings.redis_password,
+        # A launch script that starts Redis itself hands its password over in the environment, not in `ps`.
+        password, redis_server = connect_redis(settings.redis_host, settings.redis_port,
+                                               settings.redis_password or os.environ.get(REDIS_PASSWORD_VARIABLE),
                                                run_dir.path / "redis")
         if redis_server is not None:
             register_process(run_dir.path, run_dir.attempt, "redis", redis_server.process.pid)
@@ -366,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
                                  password=password, prefix=f"molsteer-{run_dir.name}", keep_inputs=False,
                                  serialization_method="pickle", max_retries=settings.max_retries)
         watch = RedisWatch(settings.redis_host, settings.redis_port, password)
-        parsl_config = SITES[settings.site](
-            run_dir.path, SiteOptions(settings.qc_workers, settings.ml_workers, qc_machine.ncores))
-        (run_dir.path / "parsl_config.txt").write_text(repr(parsl_config) + "\n")
-        task_server = ParslTaskServer([(method, {"executors": [label]}) for method, label in assembly.methods],
-                                      queues, parsl_config)
+        parsl_config = None
+        if settings.task_server == "parsl":
+            parsl_config = SITES[settings.site](run_dir.path, site_options)
+            (run_dir.path / "parsl_config.txt").write_text(repr(parsl_config) + "\n")
+        task_server = build_task_server(settings, assembly.methods, queues, parsl_config, qc_machine.ncores)
         task_server.start()
         register_process(run_dir.path, run_dir.attempt, "task_server", task_server.pid)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import redis
 from colmena.queue.redis import RedisQueues
+from proxystore.connectors.redis import RedisConnector
 
 logger = logging.getLogger(__name__)
 
@@ -240,3 +241,20 @@ def stop_descendants(keep: set[int] = frozenset(), timeout: float = 10.0) -> lis
             pass
     psutil.wait_procs(alive, timeout=timeout)
     return names
+
+
+class AuthRedisConnector(RedisConnector):
+    """ProxyStore's Redis connector, with a password (its own takes none).
+
+    Used when workers do not share this site's file system (``--site multisite``): a proxy then carries this
+    configuration to the worker, which reads the object from the same Redis through the SSH tunnel (same port
+    number on both sides). The password travels with the proxy, inside the encrypted task message.
+    """
+
+    def __init__(self, hostname: str, port: int, password: str | None = None, clear: bool = False):
+        super().__init__(hostname, port, clear=clear)
+        self.password = password
+        self._redis_client = redis.StrictRedis(host=hostname, port=port, password=password)
+
+    def config(self) -> dict:  # noqa: D102
+        return {**super().config(), "password": self.password}

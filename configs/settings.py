@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from methods.objectives import parse_objective
 
+SITE_OPTIONS = ("site", "task_server", "globus_qc_endpoint", "globus_ml_endpoint", "address", "worker_init",
+                "ml_nodes", "qc_nodes", "qc_nodes_per_task", "mpi_flavor", "slurm_account", "slurm_partition",
+                "slurm_qos", "walltime", "scheduler_options", "shared_nodes", "remote_host", "ssh_config",
+                "remote_dir", "remote_init", "ml_worker_port")
+"""Where the workers run: not part of a campaign, so a resumed run may use another site, job or allocation."""
+
 DEFAULT_METHODS = {"xtb": ("GFN2-xTB", None), "nwchem": ("hf", "sto-3g"), "qm9": ("B3LYP/6-31G(2df,p)", None)}
 
 
@@ -52,7 +58,66 @@ class CommonSettings(BaseModel):
     redis_password: str | None = Field(
         None, description="Password of an existing Redis server (a started one gets a random password)"
     )
-    site: Literal["local"] = Field("local", description="Parsl site configuration from configs/sites.py")
+    site: Literal["local", "pbs", "slurm", "multisite"] = Field(
+        "local", description="Where workers run (configs/sites.py): this machine (local); inside a PBS, Cobalt or "
+        "Slurm batch job, workers placed on its nodes by mpiexec (pbs); blocks requested from Slurm (slurm); QC "
+        "here and ml workers on --remote-host through SSH tunnels (multisite)"
+    )
+    task_server: Literal["parsl", "globus"] = Field(
+        "parsl", description="Task server: Parsl executors from --site (parsl), or Globus Compute endpoints "
+        "given by --globus-qc-endpoint and --globus-ml-endpoint (globus)"
+    )
+    globus_qc_endpoint: str | None = Field(None, description="Globus Compute endpoint id for QC tasks")
+    globus_ml_endpoint: str | None = Field(None, description="Globus Compute endpoint id for ml tasks")
+    address: str | None = Field(
+        None, description="Address the Parsl interchanges bind and workers connect to (default: 127.0.0.1 for "
+        "local and multisite; for pbs and slurm the address this host's name resolves to, found without "
+        "contacting the network)", min_length=1
+    )
+    worker_init: str = Field(
+        "", description="Shell commands run before workers start on cluster nodes, e.g. 'module load …' (this "
+        "environment's bin directory is always put first on PATH)"
+    )
+    ml_nodes: Annotated[int, Field(gt=0)] = Field(
+        1, description="pbs: nodes of the batch job that serve ml (the rest serve QC); slurm: nodes of the ml block"
+    )
+    qc_nodes: Annotated[int, Field(gt=0)] = Field(1, description="slurm: nodes of the QC block")
+    qc_nodes_per_task: Annotated[int, Field(gt=0)] = Field(
+        1, description="pbs: nodes of one QC task (NWChem over MPI; above 1, Parsl's MPI executor hands each task "
+        "its nodes)"
+    )
+    mpi_flavor: Literal["openmpi", "mpich"] = Field(
+        "openmpi", description="pbs: the MPI that starts workers and multi-node QC: Open MPI, or MPICH-style "
+        "launchers (MPICH, Cray PALS on Polaris and Aurora)"
+    )
+    slurm_account: str | None = Field(None, description="slurm: account charged for the blocks")
+    slurm_partition: str | None = Field(None, description="slurm: partition (queue) of the blocks")
+    slurm_qos: str | None = Field(None, description="slurm: quality of service of the blocks")
+    walltime: str = Field(
+        "01:00:00", pattern=r"^\d{1,3}:\d{2}:\d{2}$", description="slurm: wall time of each block, HH:MM:SS"
+    )
+    scheduler_options: str = Field(
+        "", description="slurm: extra '#SBATCH …' lines for the blocks (constraints, GPUs), separated by ';'"
+    )
+    shared_nodes: bool = Field(
+        False, description="slurm: let blocks share nodes with other jobs (no --exclusive)"
+    )
+    remote_host: str | None = Field(
+        None, description="multisite: SSH destination of the ml site's login node (a host or ~/.ssh/config alias)",
+        min_length=1,
+    )
+    ssh_config: Path | None = Field(None, description="multisite: ssh client configuration file (ssh -F)")
+    remote_dir: str = Field(
+        "molsteer-workers", min_length=1,
+        description="multisite: directory on the remote site for worker logs and keys (relative to its home)"
+    )
+    remote_init: str = Field(
+        "", description="multisite: shell commands that prepare the remote environment, e.g. "
+        "'cd ~/molsteer && source .venv/bin/activate'"
+    )
+    ml_worker_port: Annotated[int, Field(gt=1023, lt=65536)] = Field(
+        54931, description="multisite: port of the ml interchange, forwarded to the remote site by the SSH tunnel"
+    )
     qc_config: Path = Field(
         Path("qcengine.yml"), description="File with the machine-dependent QC settings (cores, memory, scratch)"
     )
@@ -67,6 +132,23 @@ class CommonSettings(BaseModel):
 
     resume_budget: ClassVar[str] = ""
     """The one option ``--resume`` accepts (a larger budget); every other option keeps its saved value."""
+
+    @model_validator(mode="after")
+    def _check_site(self) -> CommonSettings:
+        """Options that only make sense together: a remote host for multisite, endpoints for Globus, and so on."""
+        if self.site == "multisite" and not self.remote_host:
+            raise ValueError("--site multisite needs --remote-host (the ml site's login node)")
+        if self.task_server == "globus":
+            missing = [f"--globus-{label}-endpoint" for label in ("qc", "ml")
+                       if getattr(self, f"globus_{label}_endpoint") is None]
+            if missing:
+                raise ValueError(f"--task-server globus needs {' and '.join(missing)}")
+        if self.qc_nodes_per_task > 1:
+            if self.site != "pbs":
+                raise ValueError("--qc-nodes-per-task above 1 needs --site pbs (a batch job's nodes)")
+            if self.qc_code != "nwchem":
+                raise ValueError("--qc-nodes-per-task above 1 needs --qc-code nwchem (the MPI code)")
+        return self
 
     def _fill_level_of_theory(self) -> None:
         """Pick the code's default level of theory, so the saved parameters say what ran, and reject mismatches."""

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import platform
+import re
 import signal
 import threading
 import time
@@ -225,8 +228,28 @@ def _atomic_input(structure: Structure, charge: int, multiplicity: int, driver: 
     )
 
 
+def mpi_task_config(task_config: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The task's QCEngine settings with this task's MPI nodes filled into ``mpiexec_command``.
+
+    QCEngine's template knows rank counts but not hosts. Parsl's MPI executor gives each task its nodes in
+    ``$PARSL_MPI_NODELIST`` (and their count in ``$PARSL_NUM_NODES``); without it the task has this node only.
+    ``{hosts}`` becomes ``node1,node2`` (MPICH, PALS: ``--hosts``) and ``{host_slots}`` becomes
+    ``node1:R,node2:R`` with R ranks per node (Open MPI: ``-H``).
+    """
+    command = task_config.get("mpiexec_command")
+    if not task_config.get("use_mpiexec") or not command or ("{hosts}" not in command
+                                                             and "{host_slots}" not in command):
+        return task_config
+    environ = os.environ if environ is None else environ
+    nodes = [n for n in environ.get("PARSL_MPI_NODELIST", "").split(",") if n] or [platform.node()]
+    ranks = max(1, int(task_config.get("ncores", 1)) // int(task_config.get("cores_per_rank", 1)))
+    command = command.replace("{hosts}", ",".join(nodes)).replace(
+        "{host_slots}", ",".join(f"{node}:{ranks}" for node in nodes))
+    return {**task_config, "mpiexec_command": command, "nnodes": len(nodes)}
+
+
 def _compute(atomic_input: Any, spec: QCSpec, task_config: dict[str, Any]) -> Any:
-    result = qcng.compute(atomic_input, spec.code, raise_error=False, task_config=task_config)
+    result = qcng.compute(atomic_input, spec.code, raise_error=False, task_config=mpi_task_config(task_config))
     if not getattr(result, "success", False):
         raise QCFailure(_failure_reason(result))
     return result
@@ -311,7 +334,8 @@ def _relax_with_nwchem(
         },
         keywords={"program": "nwchem"},
     )
-    result = qcng.compute(optimization, "nwchemdriver", raise_error=False, task_config=task_config)
+    result = qcng.compute(optimization, "nwchemdriver", raise_error=False,
+                          task_config=mpi_task_config(task_config))
     if not getattr(result, "success", False):
         raise QCFailure(_failure_reason(result))
     final = result.final_molecule
@@ -503,6 +527,19 @@ def evaluate_molecules(
     return [evaluate_molecule(s, spec, task_config, atom_energies).to_dict() for s in smiles]
 
 
+def ran_on(result: Any) -> dict[str, Any]:
+    """Where a calculation ran: its host, its MPI nodes (from Parsl's MPI executor) and NWChem's rank count.
+
+    The rank count is NWChem's own (``nproc`` in its output), so a record shows how the code really ran, not
+    what was asked of the launcher.
+    """
+    provenance = getattr(result, "provenance", None)
+    ranks = re.search(r"^\s*nproc\s*=\s*(\d+)", getattr(result, "stdout", None) or "", re.MULTILINE)
+    nodes = [n for n in os.environ.get("PARSL_MPI_NODELIST", "").split(",") if n]
+    return {"host": getattr(provenance, "hostname", None) or platform.node(), "mpi_nodes": nodes or None,
+            "mpi_ranks": int(ranks.group(1)) if ranks else None}
+
+
 def _energy_forces(atoms: Atoms, spec: QCSpec, task_config: dict[str, Any]) -> dict[str, Any]:
     """One frame of :func:`compute_energy_forces`; never raises."""
     record: dict[str, Any] = {"success": False, "energy": None, "forces": None, "failure_reason": None}
@@ -517,7 +554,7 @@ def _energy_forces(atoms: Atoms, spec: QCSpec, task_config: dict[str, Any]) -> d
             raise QCFailure(f"gradient has shape {forces.shape}, expected ({len(atoms)}, 3)")
         if not (np.isfinite(energy) and np.isfinite(forces).all()):
             raise QCFailure("energy or forces not finite")
-        record.update(success=True, energy=energy, forces=forces.tolist())
+        record.update(success=True, energy=energy, forces=forces.tolist(), ran_on=ran_on(result))
     except QCFailure as exc:
         record["failure_reason"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. QCElemental rejecting overlapping nuclei; one frame, not the batch

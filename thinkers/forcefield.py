@@ -26,7 +26,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,8 +47,9 @@ from configs.names import (
     ML_EXECUTOR,
     QC_EXECUTOR,
 )
+from configs.sites import workers_share_files
 from thinkers.campaign import Assembly, SteeringThinker
-from thinkers.proxies import ProxyLedger
+from thinkers.proxies import ProxyLedger, close_proxy_store, open_proxy_store
 from thinkers.records import SUBMITTED_RECORDS, RunDirectory, latest_attempt, task_timing
 
 logger = logging.getLogger(__name__)
@@ -481,6 +481,7 @@ class ForcefieldThinker(SteeringThinker):
                                                   forces=np.asarray(outcome["forces"], dtype=float))
             record["energy_per_atom"] = float(outcome["energy"]) / n_atoms
             record["max_force"] = float(np.linalg.norm(labelled.get_forces(), axis=1).max())
+            record["ran_on"] = outcome.get("ran_on")
             self._write_db(labelled, job, qc_id)
         if job.source == "audit":
             record.update(self._settle_audit(job, outcome))
@@ -1026,14 +1027,6 @@ def plan_from_settings(settings: Any) -> ForcefieldPlan:
     return ForcefieldPlan(qc_slots=2 * settings.qc_workers, **{name: getattr(settings, name) for name in names})
 
 
-def open_proxy_store(run_dir: Path, name: str) -> Any:
-    """A ProxyStore file store in the run directory, registered so workers resolve proxies from it."""
-    from proxystore.connectors.file import FileConnector
-    from proxystore.store import Store
-
-    return Store(name, FileConnector(str(Path(run_dir) / "proxystore")), register=True, populate_target=True)
-
-
 def check(settings: Any) -> None:
     """Reject starting molecules that cannot be used, before anything starts or any run directory is made.
 
@@ -1075,11 +1068,12 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
     config = PotentialConfig(max_atoms=max(len(atoms) for _, atoms in starts))
     history = ForcefieldHistory.load(run_dir, settings.ensemble_size) if run_dir.attempt > 0 else None
     shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)  # a killed attempt's proxies are unusable
-    store = open_proxy_store(run_dir.path, f"molsteer-{run_dir.name}-{run_dir.attempt}")
-    ledger = ProxyLedger(store)
+    ledger = ProxyLedger()  # its store is opened with the queues: remote workers read proxies from their Redis
     holder: dict[str, ForcefieldThinker] = {}
 
     def build_thinker(queues: ColmenaQueues) -> ForcefieldThinker:
+        ledger.store = open_proxy_store(run_dir.path, f"molsteer-{run_dir.name}-{run_dir.attempt}",
+                                        queues if not workers_share_files(settings) else None)
         thinker = ForcefieldThinker(queues, plan_from_settings(settings), run_dir, starts, initial,
                                     create_potential(config, seed=settings.seed), (spec, task_config), ledger,
                                     history)
@@ -1087,10 +1081,9 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
         return thinker
 
     def close() -> None:
-        from proxystore.store import unregister_store
-
-        unregister_store(store)
-        store.close(clear=True)
+        if ledger.store is not None:
+            close_proxy_store(ledger.store, ledger)
+            shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)
 
     names = ", ".join(name for name, _ in starts)
     return Assembly(
