@@ -5,10 +5,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.molsteer-installed
-DEB_PACKAGES := redis-server nwchem slurm-wlm munge openssh-server openssh-client openmpi-bin iproute2 util-linux
 ARGS ?=
 
-.PHONY: run test setup system-packages lint clean-runs
+.PHONY: run test setup system-packages cluster-packages lint clean-runs
 
 setup: system-packages $(STAMP)
 
@@ -21,14 +20,29 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-# redis-server, nwchem, Slurm, munge, OpenSSH, Open MPI, ip and unshare are programs, not Python packages: install
-# them from Debian when we are root, otherwise say exactly what to run. Each package is checked by a program it provides
-# (also in /usr/sbin, which is not on a normal user's PATH).
-# The first two keep their recommends (as before); the cluster tools (tests/clusters.py) are installed without.
+# redis-server and nwchem are programs, not Python packages: install them from Debian when we are root,
+# otherwise say exactly what to run.
 system-packages:
-	@missing=""; extra=""; PATH="$$PATH:/usr/sbin:/sbin"; \
+	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v nwchem >/dev/null 2>&1 || missing="$$missing nwchem"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "Installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "molsteer needs these Debian packages:$$missing" >&2; \
+	    echo "Run: sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+# What the real-infrastructure tests drive (tests/clusters.py): a single-node Slurm with munge, OpenSSH's sshd in a
+# network namespace (ip, unshare) and Open MPI's mpiexec. Installed when we are root; otherwise those tests are
+# skipped, each with its reason, and this says what to install. Checked by a program each package provides (also
+# in /usr/sbin, which is not on a normal user's PATH).
+cluster-packages:
+	@extra=""; PATH="$$PATH:/usr/sbin:/sbin"; \
 	command -v slurmctld >/dev/null 2>&1 || extra="$$extra slurm-wlm"; \
 	command -v munged >/dev/null 2>&1 || extra="$$extra munge"; \
 	test -x /usr/sbin/sshd || extra="$$extra openssh-server"; \
@@ -36,23 +50,14 @@ system-packages:
 	command -v mpiexec >/dev/null 2>&1 || extra="$$extra openmpi-bin"; \
 	command -v ip >/dev/null 2>&1 || extra="$$extra iproute2"; \
 	command -v unshare >/dev/null 2>&1 || extra="$$extra util-linux"; \
-	if [ -n "$$missing$$extra" ]; then \
+	if [ -n "$$extra" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
-	    echo "Installing Debian packages:$$missing$$extra"; \
-	    apt-get update -qq || exit 1; \
-	    if [ -n "$$missing" ]; then \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
-	    fi; \
-	    if [ -n "$$extra" ]; then \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$extra >/dev/null || exit 1; \
-	    fi; \
+	    echo "Installing Debian packages for the cluster tests:$$extra"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      $$extra >/dev/null; \
 	  else \
-	    echo "molsteer needs these Debian packages:$$missing$$extra" >&2; \
-	    cmd="sudo apt-get update"; \
-	    if [ -n "$$missing" ]; then cmd="$$cmd && sudo apt-get install -y$$missing"; fi; \
-	    if [ -n "$$extra" ]; then cmd="$$cmd && sudo apt-get install -y --no-install-recommends$$extra"; fi; \
-	    echo "Run: $$cmd" >&2; \
-	    exit 1; \
+	    echo "The cluster tests will be skipped without:$$extra (as root: make test installs them)" >&2; \
+	    echo "Or run: sudo apt-get update && sudo apt-get install -y --no-install-recommends$$extra" >&2; \
 	  fi; \
 	fi
 
@@ -62,7 +67,7 @@ run: setup
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: setup
+test: setup cluster-packages
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -ra --durations=15
 

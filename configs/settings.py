@@ -8,6 +8,7 @@ from the CLI, from a test or from a later resume.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -143,6 +144,12 @@ class CommonSettings(BaseModel):
                        if getattr(self, f"globus_{label}_endpoint") is None]
             if missing:
                 raise ValueError(f"--task-server globus needs {' and '.join(missing)}")
+            for label in ("qc", "ml"):
+                try:
+                    uuid.UUID(getattr(self, f"globus_{label}_endpoint").strip())
+                except ValueError:
+                    raise ValueError(f"--globus-{label}-endpoint is not a Globus Compute endpoint id (a UUID, "
+                                     "see globus-compute-endpoint list)") from None
         if self.qc_nodes_per_task > 1:
             if self.site != "pbs":
                 raise ValueError("--qc-nodes-per-task above 1 needs --site pbs (a batch job's nodes)")

@@ -198,9 +198,13 @@ def batch_job_nodes(environ: dict[str, str] | None = None) -> tuple[list[str], s
 def split_nodes(nodes: list[str], ml_nodes: int, qc_nodes_per_task: int) -> tuple[list[str], list[str]]:
     """QC nodes and ml nodes of a batch job: the last ``ml_nodes`` serve ml, the rest QC.
 
+    A one-node job (a debug queue, a first try) runs both partitions on its node.
+
     Raises:
         SettingsError: the job is too small for the split asked for.
     """
+    if len(nodes) == 1 and qc_nodes_per_task == 1:
+        return list(nodes), list(nodes)
     if len(nodes) <= ml_nodes:
         raise SettingsError(f"the batch job has {len(nodes)} node(s): --ml-nodes {ml_nodes} leaves none for QC")
     qc, ml = nodes[:-ml_nodes], nodes[-ml_nodes:]
@@ -247,11 +251,11 @@ def pbs(run_dir: Path, options: SiteOptions) -> Config:
     address = options.address or host_address()
     mpi_env = _mpi_environment(options.mpi_flavor)
 
-    def init(label: str, threads: int) -> str:
-        # A Slurm allocation's own variables would override the partition's node file in Parsl's MPI code.
+    def init(label: str, threads: int, mpi_executor: bool = False) -> str:
         # Parsl's mpiexec launcher writes its host file into the working directory: make that the run directory.
-        own_nodes = (f"export PBS_NODEFILE={node_dir / f'{label}.nodes'}\nunset SLURM_NODELIST SLURM_JOB_NODELIST\n"
-                     f"cd {run_dir}")
+        own_nodes = f"export PBS_NODEFILE={node_dir / f'{label}.nodes'}\ncd {run_dir}"
+        if mpi_executor:  # a Slurm allocation's variables would override the node file in Parsl's MPI executor
+            own_nodes += "\nunset SLURM_NODELIST SLURM_JOB_NODELIST"
         return worker_environment(threads, "\n".join(x for x in (options.worker_init, mpi_env, own_nodes) if x))
 
     ml = _executor(ML_EXECUTOR, options.ml_workers, address, run_dir, LocalProvider(
@@ -274,7 +278,7 @@ def pbs(run_dir: Path, options: SiteOptions) -> Config:
             heartbeat_period=2,
             heartbeat_threshold=10,
             provider=LocalProvider(launcher=SimpleLauncher(), init_blocks=1, min_blocks=1, max_blocks=1,
-                                   worker_init=init("qc", options.qc_cores_per_task)),
+                                   worker_init=init("qc", options.qc_cores_per_task, mpi_executor=True)),
         )
     return _config(run_dir, [qc, ml])
 

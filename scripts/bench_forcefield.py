@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +24,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_campaign(selector: str, runs_dir: Path, budget: int, seed: int, extra: list[str]) -> dict:
-    """One ``run.py forcefield`` campaign; returns its summary (exits if the campaign fails)."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_campaign(selector: str, runs_dir: Path, budget: int, seed: int, extra: list[str]) -> subprocess.Popen:
+    """Start one ``run.py forcefield`` campaign with its own Redis port, so two can run side by side."""
     command = [sys.executable, "run.py", "forcefield", "--selector", selector, "--qc-budget", str(budget),
-               "--seed", str(seed), "--runs-dir", str(runs_dir), *extra]
-    started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{selector} campaign failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+               "--seed", str(seed), "--runs-dir", str(runs_dir), "--redis-port", str(free_port()), *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_campaign(selector: str, process: subprocess.Popen, runs_dir: Path, started: float) -> dict:
+    """Wait for a campaign; returns its summary (exits if the campaign failed)."""
+    output, _ = process.communicate()
+    if process.returncode != 0:
+        sys.exit(f"{selector} campaign failed ({process.returncode}):\n{output[-4000:]}")
     run_dir = max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["run_dir"] = str(run_dir)
@@ -50,16 +61,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of both campaigns")
     parser.add_argument("--at", type=int, nargs="+", default=[100, 200, 400], help="QC call counts to compare at")
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run both campaigns at once (errors are unchanged; times and utilization are not "
+                             "comparable with a sequential run)")
     parser.add_argument("extra", nargs="*", help="further run.py forcefield options, after --")
     args = parser.parse_args()
 
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="bench-forcefield-"))
     runs_dir.mkdir(parents=True, exist_ok=True)
     results = {}
+    running = {}
     for selector in ("disagreement", "random"):
         folder = runs_dir / selector
         folder.mkdir(exist_ok=True)
-        results[selector] = run_campaign(selector, folder, args.qc_budget, args.seed, args.extra)
+        started = time.monotonic()
+        running[selector] = (start_campaign(selector, folder, args.qc_budget, args.seed, args.extra), folder, started)
+        if not args.parallel:
+            results[selector] = finish_campaign(selector, *running.pop(selector))
+    for selector, (process, folder, started) in running.items():
+        results[selector] = finish_campaign(selector, process, folder, started)
 
     print(f"{'QC calls':>9} | {'active MAE':>10} | {'random MAE':>10}   (test-set force MAE, eV/Å)")
     calls = sorted({p["qc_calls"] for s in results.values() for p in s["learning_curve"]})

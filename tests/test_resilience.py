@@ -130,7 +130,7 @@ def refuse_while_running(run_dir: Path) -> None:
 
 
 def test_kill_minus_9_at_random_moments_then_resume_loses_and_repeats_nothing(tmp_path):
-    """Up to four SIGKILLs of run.py at random moments, a resume after each: every result kept, none twice."""
+    """Up to three SIGKILLs of run.py at random moments, a resume after each: every result kept, none twice."""
     rng = random.Random(20261123)
     port = str(free_port())
     log = tmp_path / "console.txt"
@@ -140,7 +140,7 @@ def test_kill_minus_9_at_random_moments_then_resume_loses_and_repeats_nothing(tm
     kills = 0
     run = Run([*LOOKUP, "--runs-dir", str(runs), "--redis-port", port], log)
     refuse_while_running(wait_for_run_dir(runs))
-    for number in range(4):
+    for number in range(3):
         if number % 2 == 0:  # a random moment, often still in start-up
             time.sleep(rng.uniform(2.0, 9.0))
         else:  # while results arrive: after a random number of new records
@@ -165,7 +165,7 @@ def test_kill_minus_9_at_random_moments_then_resume_loses_and_repeats_nothing(tm
         run = Run(["--resume", str(run_dir), "--redis-port", port], log)
     assert run.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert not run.survivors(within=60)
-    assert kills >= 3, "too few kills landed while the run was alive"
+    assert kills >= 2, "too few kills landed while the run was alive"
 
     run_dir = single_run_dir(runs)
     records = finished_records(run_dir)

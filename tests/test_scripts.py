@@ -67,16 +67,16 @@ def test_bench_models_tiny():
 @pytest.mark.timeout(900)
 def test_bench_forcefield_tiny():
     """Two real tiny campaigns (active learning and random selection) and their comparison."""
-    data = run_script("scripts/bench_forcefield.py", "--qc-budget", "34", "--at", "20", "34", "--",
-                      "--molecules", "CO", "--initial-displacements", "7", "--ensemble-size", "2",
-                      "--retrain-after", "8", "--first-epochs", "30", "--train-epochs", "10", "--test-steps", "40",
-                      "--test-every", "5", "--min-run-length", "10", "--max-run-length", "40", "--sample-every", "5",
-                      "--inference-batch", "10", "--n-to-select", "5", "--stability-runs", "1",
-                      "--stability-steps", "40", "--ml-workers", "1", timeout=880)
-    assert data["qc_budget"] == 34
+    data = run_script("scripts/bench_forcefield.py", "--parallel", "--qc-budget", "20", "--at", "12", "20", "--",
+                      "--molecules", "CO", "--initial-displacements", "5", "--ensemble-size", "2",
+                      "--retrain-after", "7", "--first-epochs", "20", "--train-epochs", "5", "--test-steps", "20",
+                      "--test-every", "5", "--min-run-length", "10", "--max-run-length", "20", "--sample-every", "5",
+                      "--inference-batch", "6", "--n-to-select", "3", "--stability-runs", "1",
+                      "--stability-steps", "20", "--ml-workers", "1", timeout=880)
+    assert data["qc_budget"] == 20
     for selector in ("disagreement", "random"):
         curve = data[selector]["learning_curve"]
-        assert curve and curve[-1]["qc_calls"] == 34 and all(p["force_mae"] > 0 for p in curve)
+        assert curve and curve[-1]["qc_calls"] == 20 and all(p["force_mae"] > 0 for p in curve)
     assert data["random"]["qc_calls_by_source"]["active"] > 0  # random picks come from the same pool
-    ratio = data["ratio_random_over_active"]["34"]
+    ratio = data["ratio_random_over_active"]["20"]
     assert ratio == pytest.approx(data["random"]["final"]["force_mae"] / data["disagreement"]["final"]["force_mae"])

@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.e2e, needs_redis]
 
+TINY_FORCEFIELD = ["--molecules", "CO", "--initial-displacements", "3", "--qc-budget", "12", "--ensemble-size", "2",
+                   "--retrain-after", "4", "--first-epochs", "10", "--train-epochs", "5", "--test-steps", "10",
+                   "--test-every", "5", "--min-run-length", "10", "--max-run-length", "10", "--sample-every", "5",
+                   "--inference-batch", "4", "--n-to-select", "2", "--stability-runs", "0", "--ml-workers", "1",
+                   "--seed", "2"]
 TINY_DESIGN = ["--initial-count", "4", "--search-size", "4", "--qc-workers", "1", "--retrain-after", "2",
                "--seed", "5"]
 
@@ -151,29 +156,64 @@ def test_slurm_site_gets_workers_through_real_sbatch_jobs(tmp_path):
         assert wait_for_no_leftovers(str(runs)) == []
 
 
+def test_run_sh_runs_unchanged_under_sbatch(tmp_path):
+    """The same run.sh submitted with a real sbatch: the one-node job's node list comes from Slurm."""
+    with local_slurm(tmp_path / "slurm") as cluster:
+        runs, log = tmp_path / "runs", tmp_path / "job.out"
+        job = cluster.sbatch("--nodes=1", f"--partition={cluster.partition}", "--time=00:10:00",
+                             f"--output={log}", f"--chdir={ROOT}",
+                             f"--export=ALL,TMPDIR={tmp_path},MOLSTEER_ACTIVATE=export PATH={VENV_BIN}:$PATH",
+                             str(ROOT / "run.sh"), *TINY_DESIGN, "--runs-dir", str(runs))
+        with PoolWatcher() as watcher:
+            state = cluster.wait(job, timeout=300)
+        output = log.read_text() if log.exists() else ""
+        assert state == "COMPLETED", output[-4000:] + cluster.logs()
+        run_dir = only_run_dir(runs)
+        assert "from $SLURM_JOB_NODELIST" in (run_dir / "runtime.log").read_text()
+        assert len(read_jsonl(run_dir / "simulation_records.jsonl")) == 8
+        # Both partitions share the job's one node; their pools were started by mpiexec inside the Slurm job.
+        assert (run_dir / "nodes" / "qc.nodes").read_text() == (run_dir / "nodes" / "ml.nodes").read_text()
+        pools = list(watcher.pools.values())
+        assert len(pools) >= 2 and all("slurmstepd" in p["ancestors"] for p in pools), pools
+        assert any("mpiexec" in p["ancestors"] for p in pools), pools
+        # Nothing of the job is left: the run's processes, run.sh's Redis, the job itself.
+        assert wait_for_no_leftovers(str(runs)) == []
+        assert wait_for_no_leftovers(str(tmp_path / "molsteer-redis")) == []
+        assert not list(tmp_path.glob("molsteer-redis.*")), "run.sh left its Redis directory"
+        assert cluster.run("squeue", "-h").stdout.strip() == ""
+
+
 def test_multisite_ml_runs_on_the_remote_site_through_ssh_tunnels_only(tmp_path):
-    """scripts/run-multisite.sh: QC here, ml in a network namespace reachable only over SSH, nothing left after."""
+    """scripts/run-multisite.sh with the forcefield campaign: QC here, training, MD and inference in a network
+    namespace reachable only over SSH, models passed by proxy through the tunnelled Redis, nothing left after."""
     with remote_site(tmp_path / "remote") as remote:
         remote_netns = remote.ssh("readlink /proc/self/ns/net").stdout.strip()
         runs = tmp_path / "runs"
         command = ["bash", str(ROOT / "scripts" / "run-multisite.sh"), "--remote-host", remote.host,
                    "--ssh-config", str(remote.ssh_config), "--remote-dir", str(tmp_path / "remote-workers"),
                    "--remote-init", f"export PATH={VENV_BIN}:$PATH; cd {ROOT}",
-                   "--", *TINY_DESIGN, "--runs-dir", str(runs)]
+                   "--", "forcefield", *TINY_FORCEFIELD, "--runs-dir", str(runs)]
         env = {**os.environ, "TMPDIR": str(tmp_path), "MOLSTEER_ACTIVATE": f"export PATH={VENV_BIN}:$PATH"}
         with PoolWatcher() as watcher:
-            result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-4000:] + remote.logs()
         run_dir = only_run_dir(runs)
 
         # ml tasks ran on the remote site (its hostname), QC here; the pools' network namespaces say the same.
-        training = read_jsonl(run_dir / "training_records.jsonl")
-        assert training and {r["worker"] for r in training} == {"remote-site"}
+        for name in ("sampling_records.jsonl", "inference_records.jsonl"):
+            ml = read_jsonl(run_dir / name)
+            assert ml and {r["worker"] for r in ml} == {"remote-site"}, (name, ml[:2])
         simulation = read_jsonl(run_dir / "simulation_records.jsonl")
-        assert len(simulation) == 8 and {r["worker"] for r in simulation} == {socket.gethostname()}
+        assert len(simulation) == 12 and {r["worker"] for r in simulation} == {socket.gethostname()}
+        assert all(r["success"] for r in simulation)
         namespaces = {pool["netns"] for pool in watcher.pools.values()}
         assert remote_netns in namespaces and os.readlink("/proc/self/ns/net") in namespaces, watcher.pools
+        # Models went to the remote workers by proxy, through Redis (there is no proxy directory here), and the
+        # store was emptied at the end.
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["proxies_created"] > 0 and summary["proxies_live"] == 0, summary
+        assert not (run_dir / "proxystore").exists()
         # The workers' keys were removed from the remote site when the block ended.
         assert not list((tmp_path / "remote-workers").rglob("certificates"))
 
