@@ -166,7 +166,7 @@ def start_long_campaign(tmp_path: Path, port: int, min_records: int) -> tuple[su
     raise AssertionError(f"no {min_records} QC results within 300 s")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("signum", [signal.SIGINT], ids=["ctrl-c"])  # SIGTERM: tests/test_resilience.py
 def test_interrupt_stops_everything_and_keeps_records(tmp_path, signum):
     before = service_pids()
     port = free_port()
