@@ -194,7 +194,7 @@ def test_full_design_loop_rl_generator_mpnn_ensemble_ucb(tmp_path):
     """--generator rl --model mpnn --acquisition ucb with real xTB: RL and training statistics are recorded."""
     result, run_dir = campaign(tmp_path, "--generator", "rl", "--model", "mpnn", "--acquisition", "ucb",
                                "--rl-episodes", "4", "--ensemble-size", "2", "--mpnn-epochs", "5",
-                               "--pool-size", "500", "--initial-count", "6", "--search-size", "8",
+                               "--pool-size", "500", "--initial-count", "6", "--search-size", "4",
                                "--retrain-after", "4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rl = read_jsonl(run_dir / "rl_records.jsonl")
@@ -206,7 +206,7 @@ def test_full_design_loop_rl_generator_mpnn_ensemble_ucb(tmp_path):
     screening = read_jsonl(run_dir / "screening_records.jsonl")
     assert all(s["generator"] == "rl" and s["acquisition"] == "ucb" for s in screening)
     records = read_jsonl(run_dir / "simulation_records.jsonl")
-    assert len(records) == 14
+    assert len(records) == 10
     assert any(r["source"] == "model" for r in records)
 
 

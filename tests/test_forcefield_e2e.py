@@ -14,7 +14,7 @@ TINY = ["--molecules", "CO", "NC=O", "--qc-budget", "52", "--initial-displacemen
         "--ensemble-size", "2", "--retrain-after", "16", "--first-epochs", "60", "--train-epochs", "25",
         "--test-steps", "48", "--test-every", "6", "--min-run-length", "10", "--max-run-length", "60",
         "--sample-every", "5", "--inference-batch", "12", "--n-to-select", "6", "--stability-runs", "1",
-        "--stability-steps", "60", "--qc-workers", "1", "--ml-workers", "1", "--seed", "3"]
+        "--stability-steps", "60", "--qc-workers", "1", "--ml-workers", "2", "--seed", "3"]
 
 
 def test_tiny_forcefield_campaign_killed_resumed_learns_and_leaves_nothing_behind(tmp_path):

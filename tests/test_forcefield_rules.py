@@ -93,3 +93,26 @@ def test_replaced_proxies_are_evicted_once_their_tasks_return(tmp_path):
         assert starting["weights"][0] == 1.0  # the kept proxy still resolves
     finally:
         store.close(clear=True)
+
+
+def test_resume_drops_a_train_db_row_whose_record_was_never_written(tmp_path):
+    """A kill between writing train.db and the QC record leaves an orphan row: the resume removes it (and redoes
+    the structure), so train.db holds exactly the recorded results."""
+    import ase.db
+    from ase import Atoms
+
+    from thinkers.forcefield import SIMULATION_RECORDS, ForcefieldHistory
+    from thinkers.records import RunDirectory
+
+    run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
+    with ase.db.connect(run_dir.path / "train.db") as db:
+        for qc_id in (1, 2, 3):
+            db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7 + qc_id / 100]]), source="initial",
+                     molecule="H2", qc_id=qc_id, trajectory=-1)
+    for qc_id in (1, 2):  # the record of qc_id 3 never made it to disk
+        run_dir.records(SIMULATION_RECORDS).write({"qc_id": qc_id, "source": "initial", "success": True})
+    run_dir.close()
+    history = ForcefieldHistory.load(RunDirectory.reopen(run_dir.path), ensemble_size=2)
+    assert len(history.frames) == 2 and history.done == 2
+    with ase.db.connect(run_dir.path / "train.db") as db:
+        assert sorted(row.qc_id for row in db.select()) == [1, 2]

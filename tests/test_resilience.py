@@ -186,7 +186,7 @@ def test_redis_restarted_mid_run_stops_clearly_and_resumes(tmp_path):
     port = str(free_port())
     runs = tmp_path / "runs"
     log = tmp_path / "console.txt"
-    run = Run([*LOOKUP, "--search-size", "392", "--runs-dir", str(runs), "--redis-port", port], log)
+    run = Run([*LOOKUP, "--search-size", "192", "--runs-dir", str(runs), "--redis-port", port], log)
     run_dir = wait_for_run_dir(runs)
     wait_for_records(run_dir / "simulation_records.jsonl", 10, 120)
     # Redis restarted under the run: killed, and at once started again with the same configuration (port and
@@ -223,7 +223,7 @@ def test_redis_restarted_mid_run_stops_clearly_and_resumes(tmp_path):
     assert not resumed.survivors(within=60)
     records = finished_records(run_dir)
     smiles = [r["smiles"] for r in records]
-    assert len(records) == 400 and len(set(smiles)) == 400
+    assert len(records) == 200 and len(set(smiles)) == 200
     assert [a["resume"] for a in read_jsonl(run_dir / "attempt_records.jsonl")] == [0, 1, 2]
     assert all({r["smiles"]: r["value"] for r in records}[s] == v for s, v in before.items())
 

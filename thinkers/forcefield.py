@@ -197,10 +197,18 @@ class ForcefieldHistory:
             with ase.db.connect(database) as db:
                 rows = sorted(db.select(), key=lambda row: row.qc_id)
             seen: set[int] = set()
+            orphans = []
             for row in rows:
-                if row.qc_id in finished_ids and row.qc_id not in seen:  # a row without its record is redone
+                if row.qc_id in finished_ids and row.qc_id not in seen:
                     seen.add(row.qc_id)
                     history.frames.append(row.toatoms())
+                else:  # written just before a kill, without its record: the structure is redone, so drop it
+                    orphans.append(row.id)
+            if orphans:
+                with ase.db.connect(database) as db:
+                    db.delete(orphans)
+                logger.info("Removed %d train.db row(s) whose QC record was never written; they are redone",
+                            len(orphans))
         submitted = run_dir.read_records(SUBMITTED_RECORDS)
         redo: dict[int, QCJob] = {}
         for entry in submitted:
