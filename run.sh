@@ -42,6 +42,15 @@ redis_dir=$(mktemp -d "${TMPDIR:-/tmp}/molsteer-redis.XXXXXX")
 MOLSTEER_REDIS_PASSWORD=$(python -c 'import secrets; print(secrets.token_hex(24))')
 export MOLSTEER_REDIS_PASSWORD  # run.py reads it from here; it never appears on a command line
 
+# If this script is killed outright (kill -9, where no trap runs), a guard in its own session, which a
+# process-group kill does not reach, still stops what the script started, within a second.
+guard() {  # guard WATCHED_PID DIRECTORY_TO_REMOVE PID...
+    setsid bash -c 'watched=$1 dir=$2; shift 2
+        while [ "$(cut -d" " -f3 "/proc/$watched/stat" 2> /dev/null || echo gone)" != gone ] &&
+              [ "$(cut -d" " -f3 "/proc/$watched/stat" 2> /dev/null)" != Z ]; do sleep 1; done
+        kill -TERM "$@" 2> /dev/null; rm -rf "$dir"' guard "$@" < /dev/null > /dev/null 2>&1 &
+}
+
 redis_pid="" run_pid=""
 cleanup() {
     status=$?
@@ -65,6 +74,7 @@ trap 'exit 130' INT
 printf 'requirepass %s\n' "$MOLSTEER_REDIS_PASSWORD" | redis-server - --bind 127.0.0.1 --port "$port" \
     --dir "$redis_dir" --save '' --appendonly no --protected-mode yes > "$redis_dir/redis.log" 2>&1 &
 redis_pid=$!
+guard $$ "$redis_dir" "$redis_pid"
 for _ in $(seq 100); do
     if python -c "import os, redis; redis.Redis(port=$port, password=os.environ['MOLSTEER_REDIS_PASSWORD']).ping()" 2> /dev/null; then
         break

@@ -58,6 +58,15 @@ redis_dir=$(mktemp -d "${TMPDIR:-/tmp}/molsteer-redis.XXXXXX")
 MOLSTEER_REDIS_PASSWORD=$(python -c 'import secrets; print(secrets.token_hex(24))')
 export MOLSTEER_REDIS_PASSWORD  # run.py reads it from here; it never appears on a command line
 
+# If this script is killed outright (kill -9, where no trap runs), a guard in its own session, which a
+# process-group kill does not reach, still stops what the script started, within a second.
+guard() {  # guard WATCHED_PID DIRECTORY_TO_REMOVE PID...
+    setsid bash -c 'watched=$1 dir=$2; shift 2
+        while [ "$(cut -d" " -f3 "/proc/$watched/stat" 2> /dev/null || echo gone)" != gone ] &&
+              [ "$(cut -d" " -f3 "/proc/$watched/stat" 2> /dev/null)" != Z ]; do sleep 1; done
+        kill -TERM "$@" 2> /dev/null; rm -rf "$dir"' guard "$@" < /dev/null > /dev/null 2>&1 &
+}
+
 redis_pid="" tunnel_pid="" run_pid=""
 cleanup() {
     status=$?
@@ -99,6 +108,7 @@ done
 "${ssh_cmd[@]}" -N -o ExitOnForwardFailure=yes -R "$redis_port:127.0.0.1:$redis_port" \
     -R "$ml_port:127.0.0.1:$ml_port" "$remote_host" < /dev/null &
 tunnel_pid=$!
+guard $$ "$redis_dir" "$redis_pid" "$tunnel_pid"
 for _ in $(seq 150); do
     kill -0 "$tunnel_pid" 2> /dev/null || { echo "run-multisite.sh: the SSH tunnels to $remote_host failed" >&2; exit 1; }
     if "${ssh_cmd[@]}" "$remote_host" "bash -c 'exec 3<>/dev/tcp/127.0.0.1/$redis_port'" < /dev/null 2> /dev/null; then
