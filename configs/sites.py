@@ -34,7 +34,7 @@ from parsl.launchers import MpiExecLauncher, SimpleLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
 from configs.names import ML_EXECUTOR, QC_EXECUTOR
-from configs.settings import SettingsError, one_line
+from configs.settings import CommonSettings, SettingsError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def worker_environment(threads_per_task: int, extra: str = "", this_python: bool
 
 
 def _executor(label: str, workers: int, address: str, run_dir: Path, provider: object,
-              cores_per_worker: float = 1e-6, **kwargs: object) -> HighThroughputExecutor:
+              cores_per_worker: float = 1e-6, worker_logdir_root: str | None = None,
+              **kwargs: object) -> HighThroughputExecutor:
     """A HighThroughputExecutor with this project's conventions: explicit address, encryption, fast heartbeats."""
     return HighThroughputExecutor(
         label=label,
@@ -111,7 +112,7 @@ def _executor(label: str, workers: int, address: str, run_dir: Path, provider: o
         # Parsl caps workers per node at cores / cores_per_worker; on cluster nodes the count asked for is meant.
         cores_per_worker=cores_per_worker,
         interchange_launch_cmd=[str(_bin_dir() / "interchange.py")],
-        worker_logdir_root=kwargs.pop("worker_logdir_root", str(run_dir)),
+        worker_logdir_root=worker_logdir_root or str(run_dir),
         # Workers notice a vanished interchange within seconds instead of the default two minutes.
         heartbeat_period=2,
         heartbeat_threshold=10,
@@ -332,13 +333,13 @@ SITES: dict[str, Callable[[Path, SiteOptions], Config]] = {
 }
 
 
-def workers_share_files(settings: object) -> bool:
+def workers_share_files(settings: CommonSettings) -> bool:
     """Whether every worker sees this machine's file system (the run directory), as on one cluster.
 
     Not so for ml workers on another site, or Globus Compute endpoints anywhere: big objects then travel
     through Redis rather than files in the run directory.
     """
-    return getattr(settings, "site", "local") != "multisite" and getattr(settings, "task_server", "parsl") != "globus"
+    return settings.site != "multisite" and settings.task_server != "globus"
 
 
 def check_site(options: SiteOptions, site: str, redis_port: int) -> None:

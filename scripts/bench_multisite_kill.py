@@ -42,8 +42,10 @@ def once(work: Path, target: str, timeout: float = 60) -> dict:
                    "--remote-init", f"export PATH={VENV_BIN}:$PATH; cd {ROOT}", "--", "--initial-count", "4",
                    "--search-size", "400", "--qc-workers", "1", "--runs-dir", str(runs)]
         env = {**os.environ, "TMPDIR": str(work), "MOLSTEER_ACTIVATE": f"export PATH={VENV_BIN}:$PATH"}
-        launcher = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True)
+        log = work / "launcher.log"
+        with open(log, "w") as output:
+            launcher = subprocess.Popen(command, cwd=work, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             found = list(runs.glob("*/training_records.jsonl"))
@@ -51,7 +53,9 @@ def once(work: Path, target: str, timeout: float = 60) -> dict:
                 break
             time.sleep(0.2)
         else:
-            raise RuntimeError("no ml result arrived from the remote site within 180 s")
+            os.killpg(launcher.pid, signal.SIGTERM)
+            launcher.wait()
+            raise RuntimeError(f"no ml result arrived from the remote site within 180 s:\n{log.read_text()[-3000:]}")
         remote_before = len(remote.pids())
         if target == "group":
             os.killpg(launcher.pid, signal.SIGKILL)

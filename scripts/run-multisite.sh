@@ -41,33 +41,15 @@ if [ -z "$remote_host" ]; then
 fi
 
 cd "$(dirname "$(readlink -f "$0")")/.."
-# (1) this site's environment
-if [ -n "${MOLSTEER_ACTIVATE:-}" ]; then
-    eval "$MOLSTEER_ACTIVATE"
-elif [ -f .venv/bin/activate ]; then
-    # shellcheck disable=SC1091
-    source .venv/bin/activate
-fi
-free_port() { python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/launch-common.sh
+source scripts/launch-common.sh
+activate_environment  # (1) this site's environment
 redis_port=${redis_port:-$(free_port)}
 ml_port=${ml_port:-$(free_port)}
 ssh_cmd=(ssh -o BatchMode=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=4)
 [ -n "$ssh_config" ] && ssh_cmd+=(-F "$ssh_config")
 
-redis_dir=$(mktemp -d "${TMPDIR:-/tmp}/molsteer-redis.XXXXXX")
-MOLSTEER_REDIS_PASSWORD=$(python -c 'import secrets; print(secrets.token_hex(24))')
-export MOLSTEER_REDIS_PASSWORD  # run.py reads it from here; it never appears on a command line
-
-# If this script is killed outright (kill -9, where no trap runs), a guard in its own session, which a
-# process-group kill does not reach, still stops what the script started, within a second.
-guard() {  # guard WATCHED_PID DIRECTORY_TO_REMOVE PID...
-    setsid bash -c 'watched=$1 dir=$2; shift 2
-        while [ "$(cut -d" " -f3 "/proc/$watched/stat" 2> /dev/null || echo gone)" != gone ] &&
-              [ "$(cut -d" " -f3 "/proc/$watched/stat" 2> /dev/null)" != Z ]; do sleep 1; done
-        kill -TERM "$@" 2> /dev/null; rm -rf "$dir"' guard "$@" < /dev/null > /dev/null 2>&1 &
-}
-
-redis_pid="" tunnel_pid="" run_pid=""
+redis_pid="" redis_dir="" tunnel_pid="" run_pid=""
 cleanup() {
     status=$?
     trap - EXIT INT TERM
@@ -79,30 +61,17 @@ cleanup() {
     if [ -n "$tunnel_pid" ]; then
         "${ssh_cmd[@]}" "$remote_host" "for f in $remote_dir/*/block-*.pid; do [ -f \"\$f\" ] || continue; \
             kill -TERM -- -\$(cat \"\$f\") 2> /dev/null; rm -f \"\$f\"; done" < /dev/null > /dev/null 2>&1 || true
-        kill -TERM "$tunnel_pid" 2> /dev/null || true
-        wait "$tunnel_pid" 2> /dev/null || true
     fi
-    if [ -n "$redis_pid" ]; then
-        kill -TERM "$redis_pid" 2> /dev/null || true
-        wait "$redis_pid" 2> /dev/null || true
-    fi
-    rm -rf "$redis_dir"
+    stop_process "$tunnel_pid"
+    stop_process "$redis_pid"
+    [ -z "$redis_dir" ] || rm -rf "$redis_dir"
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-# (2) Redis, loopback only; the password enters through standard input, never a command line
-printf 'requirepass %s\n' "$MOLSTEER_REDIS_PASSWORD" | redis-server - --bind 127.0.0.1 --port "$redis_port" \
-    --dir "$redis_dir" --save '' --appendonly no --protected-mode yes > "$redis_dir/redis.log" 2>&1 &
-redis_pid=$!
-for _ in $(seq 100); do
-    python -c "import os, redis; redis.Redis(port=$redis_port, password=os.environ['MOLSTEER_REDIS_PASSWORD']).ping()" \
-        2> /dev/null && break
-    kill -0 "$redis_pid" 2> /dev/null || { echo "run-multisite.sh: redis-server did not start" >&2; exit 1; }
-    sleep 0.1
-done
+start_redis "$redis_port" run-multisite.sh  # (2) Redis, loopback only, with a fresh password
 
 # (3) the tunnels: the remote login node's 127.0.0.1:PORT leads to this machine's 127.0.0.1:PORT
 "${ssh_cmd[@]}" -N -o ExitOnForwardFailure=yes -R "$redis_port:127.0.0.1:$redis_port" \

@@ -194,19 +194,18 @@ class ForcefieldHistory:
             history.source_counts[record["source"]] = history.source_counts.get(record["source"], 0) + 1
         database = run_dir.path / "train.db"
         if database.exists():
-            with ase.db.connect(database) as db:
-                rows = sorted(db.select(), key=lambda row: row.qc_id)
             seen: set[int] = set()
             orphans = []
-            for row in rows:
-                if row.qc_id in finished_ids and row.qc_id not in seen:
-                    seen.add(row.qc_id)
-                    history.frames.append(row.toatoms())
-                else:  # written just before a kill, without its record: the structure is redone, so drop it
-                    orphans.append(row.id)
-            if orphans:
-                with ase.db.connect(database) as db:
+            with ase.db.connect(database) as db:
+                for row in sorted(db.select(), key=lambda row: row.qc_id):
+                    if row.qc_id in finished_ids and row.qc_id not in seen:
+                        seen.add(row.qc_id)
+                        history.frames.append(row.toatoms())
+                    else:  # written just before a kill, without its record: the structure is redone, so drop it
+                        orphans.append(row.id)
+                if orphans:
                     db.delete(orphans)
+            if orphans:
                 logger.info("Removed %d train.db row(s) whose QC record was never written; they are redone",
                             len(orphans))
         submitted = run_dir.read_records(SUBMITTED_RECORDS)
