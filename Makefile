@@ -18,14 +18,19 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# The MOSES library (--search-space moses) is a data file inside the molsets wheel; its dependencies
+	# (torch, an old pandas) are not needed to read it, so they are not installed.
+	$(PY) -m pip install --quiet --no-deps 'molsets==0.3.1'
 	@touch $(STAMP)
 
-# redis-server and nwchem are programs, not Python packages: install them from Debian when we are root,
+# redis-server, nwchem and xtb (for IPEA-xTB's parameter file, which the xtb Python wheel lacks) are programs,
+# not Python packages: install them from Debian when we are root,
 # otherwise say exactly what to run.
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v nwchem >/dev/null 2>&1 || missing="$$missing nwchem"; \
+	test -f /usr/share/xtb/param_ipea-xtb.txt || missing="$$missing xtb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
 	    echo "Installing Debian packages:$$missing"; \

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from rdkit import Chem, RDLogger, rdBase
 
@@ -63,6 +63,8 @@ class SearchSpace:
             in ``smiles``, in ``skipped`` or counted in ``duplicates``.
         skipped: ``(line number in the file, reason)`` for every invalid line, line numbers starting at 1.
         duplicates: Valid lines whose canonical SMILES was already seen (dropped, not errors).
+        key: Digest of the file's content and of the rules it was checked by: names the library's cache, so
+            features computed for one campaign serve every later campaign on the same file.
     """
 
     path: Path
@@ -71,6 +73,7 @@ class SearchSpace:
     n_lines: int
     skipped: list[tuple[int, str]]
     duplicates: int
+    key: str = ""
 
 
 def skipped_summary(space: SearchSpace, first: int = 5) -> str:
@@ -117,6 +120,7 @@ def load_search_space(
     """
     path = Path(path)
     prefix = f"{OPTION} {_printable(str(path))}:"
+    path = named_library(path)
     compressed = path.name.lower().endswith(".gz")
     table = path.name.lower().removesuffix(".gz").endswith(".csv")
     builder = _Builder(elements, max_heavy_atoms)
@@ -124,11 +128,17 @@ def load_search_space(
     try:
         if path.is_dir():
             raise IsADirectoryError(str(path))
-        with _quiet_rdkit(), _open(path, compressed) as handle:
+        key = _content_key(path, elements, max_heavy_atoms)
+        cached = _read_cached(path, key)
+        if cached is not None:
+            logger.info("%s %d molecules (checked before; cache %s)", prefix, len(cached.smiles), key)
+            return cached
+        with _quiet_rdkit(), _open(path, compressed) as handle, _checker(path) as check_many:
             reader = _LineReader(handle, prefix, compressed)
             rows = _csv_rows(reader, prefix) if table else _smi_rows(reader)
-            for number, smiles, name in rows:
-                builder.add(number, smiles, name)
+            for batch, verdicts in check_many(_batches(rows), elements, max_heavy_atoms):
+                for (number, smiles, name), verdict in zip(batch, verdicts, strict=True):
+                    builder.add(number, smiles, name, verdict)
     except SettingsError:
         raise
     except FileNotFoundError as exc:
@@ -147,7 +157,7 @@ def load_search_space(
         where = f" (at line {reader.number})" if reader is not None and reader.number else ""
         raise SettingsError(f"{prefix} cannot be read{where}: {one_line(f'{type(exc).__name__}: {exc}')}") from exc
 
-    space = builder.result(path)
+    space = builder.result(path, key)
     if space.n_lines == 0:
         if reader is not None and reader.number == 0:
             raise SettingsError(f"{prefix} the file is empty")
@@ -160,7 +170,168 @@ def load_search_space(
     if space.duplicates:
         logger.info("%s %d duplicate molecules dropped", prefix, space.duplicates)
     logger.info("%s %d molecules", prefix, len(space.smiles))
+    _write_cached(space)
     return space
+
+
+NAMED_LIBRARIES = {"moses": ("moses", "dataset/data/train.csv.gz")}
+"""Libraries offered by name: the package that ships the file (never imported, only located) and the file.
+
+``moses`` is the MOSES training set (about 1.6 million drug-like molecules, elements C N O S F Cl Br) from the
+``molsets`` wheel; ``make setup`` installs that wheel without its dependencies, which molsteer does not need.
+"""
+
+CHECK_BATCH = 20_000
+"""Lines checked per batch; files larger than :data:`PARALLEL_BYTES` are checked on every core."""
+
+PARALLEL_BYTES = 4 << 20
+
+CACHE_FORMAT = 1
+"""Bumped whenever the checking rules change, so a cached result is never one made by other rules."""
+
+
+def named_library(path: Path) -> Path:
+    """The file behind a library name (``moses``), or ``path`` itself when it is not a name.
+
+    A file that exists under that name wins, so a user's own file called ``moses`` is never shadowed.
+
+    Raises:
+        SettingsError: the name is known but the package that ships it is not installed.
+    """
+    import importlib.util
+
+    if path.exists() or str(path) not in NAMED_LIBRARIES:
+        return path
+    package, relative = NAMED_LIBRARIES[str(path)]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SettingsError(f"{OPTION} {path}: the library ships in the molsets wheel, which is not installed; "
+                            "run make setup, or: pip install --no-deps molsets")
+    file = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not file.is_file():
+        raise SettingsError(f"{OPTION} {path}: {file} is missing from the installed {package} package")
+    return file
+
+
+def _content_key(path: Path, elements: frozenset[str], max_heavy_atoms: int) -> str:
+    """SHA-256 of the file's bytes and of the rules, shortened: the same file checked the same way, same key."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{sorted(elements)}|{max_heavy_atoms}|".encode())
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()[:24]
+
+
+def _cache_files(key: str) -> tuple[Path, Path]:
+    from methods.data import cache_dir
+
+    folder = cache_dir() / "libraries" / key
+    return folder / "space.json", folder / "molecules.txt"
+
+
+def _read_cached(path: Path, key: str) -> SearchSpace | None:
+    """The checked molecules of an identical file, if any campaign has checked it before; else None."""
+    import json
+
+    meta_file, molecules_file = _cache_files(key)
+    if not meta_file.exists() or not molecules_file.exists():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        smiles, names = [], []
+        for line in molecules_file.read_text().splitlines():
+            molecule, _, name = line.partition("\t")
+            smiles.append(molecule)
+            names.append(name or None)
+        if len(smiles) != meta["molecules"]:
+            return None
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache is simply rebuilt
+    return SearchSpace(path=path, smiles=smiles, names=names, n_lines=meta["n_lines"],
+                       skipped=[(int(n), str(r)) for n, r in meta["skipped"]], duplicates=meta["duplicates"], key=key)
+
+
+def _write_cached(space: SearchSpace) -> None:
+    """Keep the checked molecules (one ``SMILES<TAB>name`` per line) for the next campaign on the same file."""
+    import json
+
+    from methods.data import atomic_save
+
+    meta_file, molecules_file = _cache_files(space.key)
+    try:
+        atomic_save(molecules_file, lambda tmp: tmp.write_text(
+            "".join(f"{s}\t{n or ''}\n" for s, n in zip(space.smiles, space.names, strict=True))))
+        atomic_save(meta_file, lambda tmp: tmp.write_text(json.dumps({
+            "source": str(space.path), "molecules": len(space.smiles), "n_lines": space.n_lines,
+            "skipped": space.skipped, "duplicates": space.duplicates})))
+    except OSError as exc:  # a read-only cache costs time on the next run, never the run itself
+        logger.warning("Could not cache the checked search space: %s", exc)
+
+
+def _batches(rows: Iterator[tuple[int, str | None, str | None]]) -> Iterator[list[tuple[int, str | None, str | None]]]:
+    batch: list[tuple[int, str | None, str | None]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= CHECK_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _check_batch(smiles: list[str | None], elements: frozenset[str], max_heavy_atoms: int
+                 ) -> list[tuple[str | None, str | None]]:
+    """Verdicts (canonical SMILES or None, reason) for a batch of lines; runs in a worker process for big files."""
+    checker = _Builder(elements, max_heavy_atoms)
+    verdicts = []
+    with _quiet_rdkit():
+        for text in smiles:
+            if text is None:
+                verdicts.append((None, f"line longer than {MAX_LINE_BYTES} bytes"))
+                continue
+            try:
+                verdicts.append(checker.check(text))
+            except Exception as exc:  # noqa: BLE001 - one odd molecule must not stop the whole file
+                verdicts.append((None, f"RDKit could not process {_shown(text)} ({one_line(str(exc))})"))
+    return verdicts
+
+
+@contextlib.contextmanager
+def _checker(path: Path) -> Iterator[Any]:
+    """A function checking batches in file order: in this process for small files, on every core for big ones.
+
+    The checks (an RDKit parse and canonicalization per line) are what takes the time for a million-molecule
+    library; batches are checked ahead in a process pool while the file is still being read.
+    """
+    import os
+
+    workers = os.cpu_count() or 1
+    if workers < 2 or path.stat().st_size < PARALLEL_BYTES:
+        def inline(batches, elements, max_heavy_atoms):
+            for batch in batches:
+                yield batch, _check_batch([s for _, s, _ in batch], elements, max_heavy_atoms)
+
+        yield inline
+        return
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        def parallel(batches, elements, max_heavy_atoms):
+            pending: list[tuple[list, Any]] = []
+            for batch in batches:
+                pending.append((batch, pool.submit(_check_batch, [s for _, s, _ in batch], elements,
+                                                   max_heavy_atoms)))
+                while len(pending) > 2 * workers:  # bounded look-ahead: memory stays flat for any file size
+                    done_batch, future = pending.pop(0)
+                    yield done_batch, future.result()
+            for done_batch, future in pending:
+                yield done_batch, future.result()
+
+        yield parallel
 
 
 class _Builder:
@@ -178,19 +349,11 @@ class _Builder:
         self.duplicates = 0
         self.n_lines = 0
 
-    def add(self, number: int, smiles: str | None, name: str | None) -> None:
-        """Account for one data line: keep it, count it as a duplicate, or record why it was skipped."""
+    def add(self, number: int, smiles: str | None, name: str | None,
+            verdict: tuple[str | None, str | None]) -> None:
+        """Account for one data line, given its verdict from :func:`_check_batch`: keep, count as duplicate, or skip."""
         self.n_lines += 1
-        if smiles is None:
-            self.skipped.append((number, f"line longer than {MAX_LINE_BYTES} bytes"))
-            return
-        if smiles in self.seen:  # already canonical and kept: a repeat, no need to parse it again
-            self.duplicates += 1
-            return
-        try:
-            canonical, reason = self.check(smiles)
-        except Exception as exc:  # noqa: BLE001 - one odd molecule must not stop the whole file
-            canonical, reason = None, f"RDKit could not process {_shown(smiles)} ({one_line(str(exc))})"
+        canonical, reason = verdict
         if canonical is None:
             self.skipped.append((number, reason or f"invalid SMILES {_shown(smiles)}"))
         elif canonical in self.seen:
@@ -240,10 +403,10 @@ class _Builder:
             return None, "no heavy atoms"
         return Chem.MolToSmiles(mol), None
 
-    def result(self, path: Path) -> SearchSpace:
+    def result(self, path: Path, key: str) -> SearchSpace:
         """The collected molecules as a :class:`SearchSpace`."""
         return SearchSpace(path=path, smiles=self.smiles, names=self.names, n_lines=self.n_lines,
-                           skipped=self.skipped, duplicates=self.duplicates)
+                           skipped=self.skipped, duplicates=self.duplicates, key=key)
 
 
 class _LineReader:

@@ -194,6 +194,12 @@ class CampaignSettings(CommonSettings):
         "adiabatic",
         description="Ionization energy with a relaxed cation (adiabatic) or at the neutral geometry (vertical)",
     )
+    ie_correction: Literal["none", "shift", "ipea-xtb"] = Field(
+        "none",
+        description="Calibrate xTB ionization energies to experiment: none (raw GFN2 ΔSCF, ~4.7 eV too high), "
+        "shift (minus the xTB authors' empirical 4.85 eV IP shift), or ipea-xtb (IPEA-xTB single points at the "
+        "relaxed geometries minus the same shift; needs param_ipea-xtb.txt on $XTBPATH); xtb only",
+    )
     generator: Literal["pool", "rl"] = Field(
         "pool",
         description="Where candidates come from: screening the QM9 pool (pool) or a reinforcement-learning "
@@ -238,7 +244,8 @@ class CampaignSettings(CommonSettings):
     )
     search_space: Path | None = Field(
         None, description="File of molecules to search instead of QM9: one SMILES per line with an optional name "
-        "(.smi), or a .csv with a smiles column; .gz accepted; invalid lines are reported and skipped"
+        "(.smi), or a .csv with a smiles column; .gz accepted; invalid lines are reported and skipped. 'moses' "
+        "names the MOSES training set (1.6 million drug-like molecules, installed with molsteer)"
     )
     pool_size: Annotated[int, Field(gt=0)] | None = Field(
         None, description="QM9 molecules sampled (by --seed) as the search space (default: all of QM9)"
@@ -260,6 +267,15 @@ class CampaignSettings(CommonSettings):
                 raise ValueError(f"--objective {self.objective}: say --maximize or --minimize")
             self.maximize = objective.maximize
         self._fill_level_of_theory()
+        return self
+
+    @model_validator(mode="after")
+    def _check_ie_correction(self) -> CampaignSettings:
+        """A calibration of xTB ionization energies means nothing for another code or objective: refuse it."""
+        if self.ie_correction != "none" and (self.qc_code != "xtb" or self.objective != "ionization-energy"):
+            raise ValueError(f"--ie-correction {self.ie_correction} calibrates xTB ionization energies: it needs "
+                             f"--qc-code xtb and --objective ionization-energy (not --qc-code {self.qc_code} "
+                             f"--objective {self.objective})")
         return self
 
     @property

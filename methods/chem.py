@@ -10,8 +10,11 @@ from rdkit.Chem import AllChem
 
 RDLogger.DisableLog("rdApp.*")  # RDKit's own warnings would flood worker logs; failures are reported below
 
-SUPPORTED_ELEMENTS = frozenset({"H", "C", "N", "O", "F"})
-"""Elements of QM9, and the ones whose isolated-atom references the campaign computes."""
+SUPPORTED_ELEMENTS = frozenset({"H", "C", "N", "O", "F", "S", "Cl", "Br"})
+"""Elements of QM9 and of drug-like libraries (MOSES); the campaign computes their isolated-atom references.
+
+Every one is parametrized in GFN2-xTB and has standard basis sets in NWChem (6-31G* covers H to Br).
+"""
 
 
 class MoleculeError(ValueError):
@@ -37,7 +40,8 @@ def parse_smiles(smiles: str) -> Chem.Mol:
         raise MoleculeError(f"RDKit cannot parse SMILES {smiles!r}")
     unsupported = sorted({a.GetSymbol() for a in mol.GetAtoms()} - SUPPORTED_ELEMENTS)
     if unsupported:
-        raise MoleculeError(f"unsupported elements {', '.join(unsupported)} (supported: H, C, N, O, F)")
+        raise MoleculeError(f"unsupported elements {', '.join(unsupported)} "
+                            f"(supported: {', '.join(sorted(SUPPORTED_ELEMENTS))})")
     return mol
 
 

@@ -1,24 +1,22 @@
 """Molecular features for the surrogates: functional-group counts and Morgan fingerprints.
 
-Features of the whole QM9 pool are computed once and cached next to the QM9 cache, so that scoring 130k
-molecules costs one pass of linear algebra on a worker instead of 130k RDKit parses per round.
+Both are computed once per search space, in blocks on the ``ml`` workers, and cached on disk
+(:mod:`methods.library`); a model round then costs linear algebra on cached arrays, not an RDKit parse of every
+molecule. The group vocabulary is not fixed: it is whatever groups the molecules hold, so a library with sulfur
+and halogens gets its own groups instead of being squeezed into QM9's.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from collections import Counter
-from collections.abc import Iterable
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
-
-from methods.data import CACHE_VERSION, atomic_save, cache_dir, load_qm9
-
-logger = logging.getLogger(__name__)
+from scipy import sparse
 
 FINGERPRINT_BITS = 2048
 FINGERPRINT_RADIUS = 2
@@ -51,55 +49,65 @@ def _mols(smiles: Iterable[str]) -> list[Chem.Mol | None]:
     return [Chem.MolFromSmiles(s) for s in smiles]
 
 
-def _build_qm9_groups() -> None:
-    """One pass over QM9 yields both the group vocabulary and the pool's group-count matrix."""
-    per_molecule = [atom_groups(m) if m is not None else Counter() for m in _mols(load_qm9().smiles)]
-    vocabulary = sorted(set().union(*per_molecule))
-    column = {g: i for i, g in enumerate(vocabulary)}
-    matrix = np.zeros((len(per_molecule), len(vocabulary) + 1), dtype=np.uint8)
+@dataclass(frozen=True)
+class GroupTable:
+    """Group counts of many molecules: a sparse matrix (molecules × groups) and the groups' names.
+
+    Sparse because a library holds hundreds of distinct groups and each molecule only a few dozen: 1.6 million
+    drug-like molecules take about 200 MB this way and several GB dense. Each block of a library has its own
+    names; :meth:`dense` maps them onto a model's vocabulary.
+    """
+
+    names: tuple[str, ...]
+    counts: sparse.csr_matrix  # uint8 counts, shape (molecules, len(names))
+
+    def __len__(self) -> int:
+        return self.counts.shape[0]
+
+    def take(self, rows: np.ndarray) -> GroupTable:
+        """The same table restricted to ``rows`` (in that order)."""
+        return GroupTable(self.names, self.counts[np.asarray(rows, dtype=np.int64)])
+
+    def dense(self, vocabulary: Sequence[str]) -> np.ndarray:
+        """Float matrix (molecules × (vocabulary + 1)); the last column counts groups outside ``vocabulary``."""
+        column = {g: i for i, g in enumerate(vocabulary)}
+        mapping = np.array([column.get(name, len(vocabulary)) for name in self.names], dtype=np.int64)
+        # A sparse (names × columns) 0/1 matrix does the renaming as one sparse product.
+        rename = sparse.csr_matrix((np.ones(len(mapping)), (np.arange(len(mapping)), mapping)),
+                                   shape=(len(self.names), len(vocabulary) + 1))
+        return (self.counts.astype(np.float64) @ rename).toarray()
+
+    def save(self, path: Path) -> None:
+        """Write as one ``.npz`` (names and the CSR arrays)."""
+        with open(path, "wb") as handle:
+            np.savez(handle, names=np.array(self.names, dtype=str), data=self.counts.data,
+                     indices=self.counts.indices, indptr=self.counts.indptr,
+                     shape=np.array(self.counts.shape, dtype=np.int64))
+
+    @classmethod
+    def load(cls, path: Path) -> GroupTable:
+        """Read what :meth:`save` wrote."""
+        with np.load(path) as data:
+            counts = sparse.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=tuple(data["shape"]))
+            return cls(tuple(str(n) for n in data["names"]), counts)
+
+
+def group_table(smiles: Iterable[str]) -> GroupTable:
+    """Group counts of molecules given as SMILES (an unparsable one has no groups)."""
+    per_molecule = [atom_groups(m) if m is not None else Counter() for m in _mols(smiles)]
+    names = sorted(set().union(*per_molecule)) if per_molecule else []
+    column = {g: i for i, g in enumerate(names)}
+    indptr = np.zeros(len(per_molecule) + 1, dtype=np.int64)
+    indices: list[int] = []
+    data: list[int] = []
     for row, groups in enumerate(per_molecule):
         for group, n in groups.items():
-            matrix[row, column[group]] = n
-    _save_matrix("groups", matrix)
-    atomic_save(_vocabulary_path(), lambda tmp: tmp.write_text(json.dumps(vocabulary)))
-
-
-def _vocabulary_path():
-    return cache_dir() / f"qm9-groups-v{CACHE_VERSION}.json"
-
-
-def _matrix_path(kind: str):
-    return cache_dir() / f"qm9-{kind}-v{CACHE_VERSION}.npy"
-
-
-def _save_matrix(kind: str, matrix: np.ndarray) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as handle:
-            np.save(handle, matrix)
-
-    atomic_save(_matrix_path(kind), write)
-
-
-@lru_cache(maxsize=1)
-def group_vocabulary() -> tuple[str, ...]:
-    """The groups that occur in QM9, in a fixed order: the columns of the group-count matrix."""
-    if not _vocabulary_path().exists():
-        _build_qm9_groups()
-    return tuple(json.loads(_vocabulary_path().read_text()))
-
-
-def group_counts(smiles: Iterable[str], vocabulary: tuple[str, ...] | None = None) -> np.ndarray:
-    """Group-count matrix (molecules × groups); a last column counts groups unknown to the vocabulary."""
-    vocabulary = vocabulary or group_vocabulary()
-    column = {g: i for i, g in enumerate(vocabulary)}
-    mols = _mols(smiles)
-    out = np.zeros((len(mols), len(vocabulary) + 1), dtype=np.uint8)
-    for row, mol in enumerate(mols):
-        if mol is None:
-            continue
-        for group, n in atom_groups(mol).items():
-            out[row, column.get(group, len(vocabulary))] += n
-    return out
+            indices.append(column[group])
+            data.append(min(n, 255))
+        indptr[row + 1] = len(indices)
+    counts = sparse.csr_matrix((np.asarray(data, dtype=np.uint8), np.asarray(indices, dtype=np.int32), indptr),
+                               shape=(len(per_molecule), len(names)))
+    return GroupTable(tuple(names), counts)
 
 
 def fingerprints(smiles: Iterable[str]) -> np.ndarray:
@@ -111,19 +119,3 @@ def fingerprints(smiles: Iterable[str]) -> np.ndarray:
         if mol is not None:
             out[row] = generator.GetFingerprintAsNumPy(mol)
     return np.packbits(out, axis=1)
-
-
-FEATURIZERS = {"groups": group_counts, "fingerprints": fingerprints}
-
-
-@lru_cache(maxsize=2)
-def qm9_features(kind: str) -> np.ndarray:
-    """Features of every QM9 molecule (row order of :func:`methods.data.load_qm9`), cached on disk."""
-    path = _matrix_path(kind)
-    if not path.exists() or (kind == "groups" and not _vocabulary_path().exists()):
-        logger.info("Computing %s for all of QM9 (once)", kind)
-        if kind == "groups":
-            _build_qm9_groups()
-        else:
-            _save_matrix(kind, FEATURIZERS[kind](load_qm9().smiles))
-    return np.load(path, mmap_mode="r")

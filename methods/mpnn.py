@@ -21,7 +21,7 @@ from rdkit import Chem, RDLogger
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RDLogger.DisableLog("rdApp.*")
 
-ELEMENTS = ("C", "N", "O", "F", "H")
+ELEMENTS = ("C", "N", "O", "F", "S", "Cl", "Br", "H")
 HYBRIDIZATIONS = (Chem.HybridizationType.SP, Chem.HybridizationType.SP2, Chem.HybridizationType.SP3)
 BOND_TYPES = (Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE, Chem.BondType.AROMATIC)
 ATOM_FEATURES = len(ELEMENTS) + 1 + 5 + 4 + 1 + len(HYBRIDIZATIONS) + 3 + 1
@@ -53,7 +53,11 @@ def bond_features(bond: Chem.Bond) -> list[float]:
 
 @dataclass
 class GraphBatch:
-    """Several molecules as one disconnected graph (NumPy arrays, ready for TensorFlow)."""
+    """Several molecules as one disconnected graph (NumPy arrays, ready for TensorFlow).
+
+    The offsets say where each molecule's atoms and bonds start, so any subset of molecules can be cut out
+    again (:meth:`take`): a library's graphs are built once, cached per block, and batched from the cache.
+    """
 
     atoms: np.ndarray  # (atoms, ATOM_FEATURES)
     bonds: np.ndarray  # (directed bonds, BOND_FEATURES)
@@ -61,16 +65,67 @@ class GraphBatch:
     graph_index: np.ndarray  # (atoms,): molecule of each atom
     n_graphs: int
     valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # molecules that parsed
+    atom_offsets: np.ndarray | None = None  # (n_graphs + 1,): first atom of each molecule
+    bond_offsets: np.ndarray | None = None  # (n_graphs + 1,): first directed bond of each molecule
+
+    def __len__(self) -> int:
+        return self.n_graphs
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> GraphBatch:
+        """The molecules ``rows`` (in that order) as a new batch graph, renumbered from zero."""
+        rows = np.asarray(rows, dtype=np.int64)
+        atom_start, atom_count = self.atom_offsets[rows], np.diff(self.atom_offsets)[rows]
+        bond_start, bond_count = self.bond_offsets[rows], np.diff(self.bond_offsets)[rows]
+        new_atom_offsets = np.concatenate([[0], np.cumsum(atom_count)])
+        bond_index = _ranges(bond_start, bond_count)
+        shift = np.repeat(new_atom_offsets[:-1] - atom_start, bond_count)
+        return GraphBatch(
+            atoms=np.asarray(self.atoms[_ranges(atom_start, atom_count)], dtype=np.float32),
+            bonds=np.asarray(self.bonds[bond_index], dtype=np.float32),
+            connectivity=(self.connectivity[bond_index] + shift[:, None]).astype(np.int32),
+            graph_index=np.repeat(np.arange(len(rows), dtype=np.int32), atom_count),
+            n_graphs=len(rows),
+            valid=self.valid[rows],
+            atom_offsets=new_atom_offsets,
+            bond_offsets=np.concatenate([[0], np.cumsum(bond_count)]),
+        )
+
+    def save(self, path) -> None:
+        """Write as one ``.npz``; the 0/1 features are stored as bytes (a quarter of float32)."""
+        with open(path, "wb") as handle:
+            np.savez(handle, atoms=self.atoms.astype(np.uint8), bonds=self.bonds.astype(np.uint8),
+                     connectivity=self.connectivity, valid=self.valid, atom_offsets=self.atom_offsets,
+                     bond_offsets=self.bond_offsets)
+
+    @classmethod
+    def load(cls, path) -> GraphBatch:
+        """Read what :meth:`save` wrote (features stay bytes until :meth:`take` cuts a batch)."""
+        with np.load(path) as data:
+            atom_offsets = data["atom_offsets"]
+            n = len(atom_offsets) - 1
+            return cls(atoms=data["atoms"], bonds=data["bonds"], connectivity=data["connectivity"],
+                       graph_index=np.repeat(np.arange(n, dtype=np.int32), np.diff(atom_offsets)), n_graphs=n,
+                       valid=data["valid"], atom_offsets=atom_offsets, bond_offsets=data["bond_offsets"])
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(start, start + count)`` for each pair, without a Python loop."""
+    total = int(counts.sum())
+    before = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.repeat(starts - before, counts) + np.arange(total)
 
 
 def featurize(smiles: Sequence[str]) -> GraphBatch:
     """Build one batch graph; unparsable SMILES become empty graphs (and ``valid`` is False for them)."""
     atoms, bonds, connectivity, graph_index, valid = [], [], [], [], []
+    atom_offsets, bond_offsets = [0], [0]
     offset = 0
     for index, text in enumerate(smiles):
         mol = Chem.MolFromSmiles(text)
         valid.append(mol is not None and mol.GetNumAtoms() > 0)
         if not valid[-1]:
+            atom_offsets.append(len(atoms))
+            bond_offsets.append(len(bonds))
             continue
         atoms.extend(atom_features(a) for a in mol.GetAtoms())
         graph_index.extend([index] * mol.GetNumAtoms())
@@ -80,6 +135,8 @@ def featurize(smiles: Sequence[str]) -> GraphBatch:
             bonds.extend([features, features])
             connectivity.extend([(i, j), (j, i)])
         offset += mol.GetNumAtoms()
+        atom_offsets.append(len(atoms))
+        bond_offsets.append(len(bonds))
     return GraphBatch(
         atoms=np.asarray(atoms, np.float32).reshape(-1, ATOM_FEATURES),
         bonds=np.asarray(bonds, np.float32).reshape(-1, BOND_FEATURES),
@@ -87,6 +144,8 @@ def featurize(smiles: Sequence[str]) -> GraphBatch:
         graph_index=np.asarray(graph_index, np.int32),
         n_graphs=len(smiles),
         valid=np.asarray(valid, bool),
+        atom_offsets=np.asarray(atom_offsets, np.int64),
+        bond_offsets=np.asarray(bond_offsets, np.int64),
     )
 
 
@@ -243,12 +302,23 @@ def predict_mpnn(member: MPNNWeights, smiles: Sequence[str], batch_size: int = 2
 
 def ensemble_predict(members: Sequence[MPNNWeights], smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation across the ensemble members (molecules are featurized once)."""
+    return ensemble_predict_graphs(members, featurize(list(smiles)))
+
+
+def ensemble_predict_graphs(
+    members: Sequence[MPNNWeights], graphs: GraphBatch, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation across the ensemble for featurized molecules (NaN for invalid ones).
+
+    Each batch is cut from the graphs once and run through every member, so the cost of building batches is
+    paid once per round, not once per member.
+    """
     import tensorflow as tf
 
-    smiles = list(smiles)
-    predictions = np.full((len(members), len(smiles)), np.nan)
-    for start in range(0, len(smiles), 4096):
-        batch = featurize(smiles[start:start + 4096])
+    predictions = np.full((len(members), graphs.n_graphs), np.nan)
+    for start in range(0, graphs.n_graphs, batch_size):
+        rows = np.arange(start, min(start + batch_size, graphs.n_graphs))
+        batch = graphs.take(rows)
         if len(batch.atoms) == 0:
             continue
         inputs = (batch.atoms, batch.bonds, batch.connectivity, batch.graph_index, tf.constant(batch.n_graphs))
@@ -256,5 +326,5 @@ def ensemble_predict(members: Sequence[MPNNWeights], smiles: Sequence[str]) -> t
             model, forward = _model_for(member.hidden, member.steps)
             model.set_weights(member.weights)
             values = forward(*inputs).numpy() * member.y_std + member.y_mean
-            predictions[k, start:start + 4096] = np.where(batch.valid, values, np.nan)
+            predictions[k, rows] = np.where(batch.valid, values, np.nan)
     return predictions.mean(axis=0), predictions.std(axis=0)

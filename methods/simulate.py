@@ -18,11 +18,13 @@ import os
 import platform
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +34,7 @@ import qcengine as qcng
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qcelemental.models import v2 as qcv2
 
 from methods.chem import SUPPORTED_ELEMENTS, MoleculeError, Structure, element_counts, embed
@@ -44,8 +46,23 @@ logger = logging.getLogger(__name__)
 HARTREE_TO_EV = qcel.constants.conversion_factor("hartree", "eV")
 BOHR_TO_ANGSTROM = qcel.constants.bohr2angstroms
 
-ATOM_MULTIPLICITIES = {"H": 2, "C": 3, "N": 4, "O": 3, "F": 2}
+ATOM_MULTIPLICITIES = {"H": 2, "C": 3, "N": 4, "O": 3, "F": 2, "S": 3, "Cl": 2, "Br": 2}
 """Ground-state spin multiplicities of the isolated atoms used as atomization references."""
+
+XTB_IP_SHIFT_HARTREE = 0.178069
+"""The xTB authors' empirical IP/EA shift, 4.8455 eV, subtracted from ΔSCC ionization energies by ``xtb --vip``.
+
+GFN1-, GFN2- and IPEA-xTB all carry ``ipeashift = 1.78069`` (in units of 0.1 Hartree) in their global parameters,
+and ``xtb --vip`` prints it as "empirical IP shift (eV)" after subtracting it (grimme-lab/xtb v6.5.1, the libxtb
+bundled with xtb-python 22.1: ``src/xtb/gfn2.f90:56`` and ``:740``, ``src/xtb/gfn1.f90:55`` and ``:572``,
+``param_ipea-xtb.txt:12``, ``src/prog/main.F90:674-677``). The constant is empirical (fit by the xTB authors, not
+derived); being one number for every molecule it changes what an IE reads, never how molecules rank.
+"""
+
+IPEA_XTB_METHOD = "IPEA-xTB"
+IPEA_XTB_PARAMETERS = "param_ipea-xtb.txt"
+"""IPEA-xTB is GFN1-xTB with a file of parameters that libxtb reads at run time; xtb-python's wheel does not ship it
+(the xtb program does, e.g. conda-forge's ``share/xtb``), so it must be in a directory on ``$XTBPATH``."""
 
 
 class QCFailure(RuntimeError):
@@ -127,6 +144,12 @@ class QCSpec(BaseModel):
         "campaign only needs energies and forces (the forcefield campaign)",
     )
     ie_type: Literal["adiabatic", "vertical"] = Field("adiabatic", description="Relax the cation or not")
+    ie_correction: Literal["none", "shift", "ipea-xtb"] = Field(
+        "none",
+        description="Calibration of xTB ionization energies to experiment: none (raw ΔSCF), shift (minus the xTB "
+        "authors' empirical 4.85 eV IP shift), or ipea-xtb (IPEA-xTB single points at the relaxed geometries, "
+        "minus the same shift)",
+    )
     fmax: float = Field(
         0.05, gt=0, description="Force convergence of ASE relaxations, eV/Å (0.05 moves xTB IEs by ~5 meV vs 0.02)"
     )
@@ -135,6 +158,14 @@ class QCSpec(BaseModel):
     timeout: float | None = Field(
         None, gt=0, description="Wall-time limit per molecule (per structure), seconds; None for no limit"
     )
+
+    @model_validator(mode="after")
+    def _check_ie_correction(self) -> QCSpec:
+        """Refuse a calibration where it means nothing: it is fit to xTB ionization energies only."""
+        if self.ie_correction != "none" and (self.code != "xtb" or self.objective != "ionization-energy"):
+            raise ValueError(f"ie_correction={self.ie_correction!r} calibrates xTB ionization energies: it needs "
+                             f"code='xtb' and objective='ionization-energy' (not {self.code!r}, {self.objective!r})")
+        return self
 
     @property
     def units(self) -> str:
@@ -485,9 +516,63 @@ def evaluate_molecule(
     return record
 
 
+IPEA_XTB_SHARED_DIRS = (Path("/usr/share/xtb"), Path(sys.prefix) / "share" / "xtb")
+"""Where the xtb program's packages (Debian, conda-forge) put their parameter files."""
+
+
+def ipea_xtb_parameters() -> Path:
+    """The IPEA-xTB parameter file libxtb will read, found the way libxtb looks for it.
+
+    libxtb tries the working directory, then each directory of ``$XTBPATH``, which defaults to ``$XTBHOME``, which
+    defaults to ``$HOME`` (xtb v6.5.1 ``src/api/calculator.f90:249``, ``src/type/environment.f90:140-149``).
+    Looking first turns libxtb's bare "Parameter file param_ipea-xtb.txt not found" (which xtb-python 22.1 hides
+    behind an unrelated validation error for gradients) into a message that says what to install where.
+
+    Raises:
+        QCFailure: the file is in none of those places.
+    """
+    home = os.environ.get("XTBHOME") or os.environ.get("HOME", "")
+    directories = (os.environ.get("XTBPATH") or home).split(":")
+    for candidate in [Path(IPEA_XTB_PARAMETERS)] + [Path(d) / IPEA_XTB_PARAMETERS for d in directories if d]:
+        if candidate.is_file():
+            return candidate
+    # The xtb program's own package (Debian's xtb, which `make setup` installs) ships the file: point libxtb
+    # at it for this worker process, keeping whatever else $XTBPATH held.
+    for shared in IPEA_XTB_SHARED_DIRS:
+        if (shared / IPEA_XTB_PARAMETERS).is_file():
+            os.environ["XTBPATH"] = ":".join(d for d in [os.environ.get("XTBPATH", ""), str(shared)] if d)
+            return shared / IPEA_XTB_PARAMETERS
+    raise QCFailure(f"ie_correction='ipea-xtb' needs {IPEA_XTB_PARAMETERS}, which xtb-python does not ship: install "
+                    "the xtb program (Debian: apt-get install xtb; conda-forge: xtb), or copy the file from it into a "
+                    "directory on $XTBPATH on every QC worker")
+
+
+def ipea_xtb_ionization_energy(
+    neutral: Structure, cation: Structure, spec: QCSpec, task_config: dict[str, Any], record: MoleculeResult
+) -> float:
+    """ΔSCC ionization energy (eV, before the empirical shift) from IPEA-xTB single points at the given geometries.
+
+    The geometries are the campaign method's (GFN2-xTB by default): IPEA-xTB re-fits GFN1-xTB's parameters to
+    ionization potentials and electron affinities (Ásgeirsson, Bauer & Grimme, Chem. Sci. 2017, 8, 4879, the
+    reference in its parameter file, made for the IPs of fragments in mass-spectra simulations) and was not fit
+    to structures, so it is used for energy differences only. Relaxing with the campaign method also keeps every
+    ``ie_correction`` on the same structures, so the options differ only in how the energies are read. For an
+    adiabatic IE the two IPEA-xTB energies are then not at IPEA-xTB's own minima; being near them, the error is
+    second order in the geometry difference.
+
+    The IPEA-xTB energies go into ``record.energies`` as ``neutral_ipea-xtb`` and ``cation_ipea-xtb``.
+    """
+    ipea = spec.model_copy(update={"method": IPEA_XTB_METHOD})
+    record.energies["neutral_ipea-xtb"] = single_point_energy(neutral, 0, 1, ipea, task_config)
+    record.energies["cation_ipea-xtb"] = single_point_energy(cation, 1, 2, ipea, task_config)
+    return (record.energies["cation_ipea-xtb"] - record.energies["neutral_ipea-xtb"]) * HARTREE_TO_EV
+
+
 def _evaluate(smiles: str, spec: QCSpec, task_config: dict[str, Any], atom_energies: dict[str, float] | None,
               record: MoleculeResult, lap: Any) -> None:
     """The QC of :func:`evaluate_molecule`: embed, relax, energies, objective value (raises on failure)."""
+    if spec.ie_correction == "ipea-xtb":
+        ipea_xtb_parameters()  # before any relaxation: without the file every molecule would fail at its end
     structure = initial_structure(smiles, spec.seed, record)
     lap("embed")
     neutral = relax(structure, 0, 1, spec, task_config)
@@ -496,15 +581,21 @@ def _evaluate(smiles: str, spec: QCSpec, task_config: dict[str, Any], atom_energ
     lap("relax")
     if spec.objective == "ionization-energy":
         if spec.ie_type == "vertical":
+            cation_structure = neutral.structure
             cation_energy = single_point_energy(neutral.structure, 1, 2, spec, task_config)
             lap("energy")
         else:
             cation = relax(neutral.structure, 1, 2, spec, task_config, hessian=neutral.hessian)
-            cation_energy = cation.energy
+            cation_structure, cation_energy = cation.structure, cation.energy
             record.relax_steps["cation"] = cation.steps
             lap("relax")
         record.energies["cation"] = cation_energy
         record.value = (cation_energy - neutral.energy) * HARTREE_TO_EV
+        if spec.ie_correction == "ipea-xtb":
+            record.value = ipea_xtb_ionization_energy(neutral.structure, cation_structure, spec, task_config, record)
+            lap("energy")
+        if spec.ie_correction != "none":
+            record.value -= XTB_IP_SHIFT_HARTREE * HARTREE_TO_EV
     else:
         if atom_energies is None:
             raise QCFailure("atomization energy requested without reference atom energies")

@@ -1,11 +1,12 @@
 """Surrogate models that rank molecules between QC evaluations, and the ``ml`` tasks that train and apply them.
 
-``train_mpnn`` (one ensemble member per task) is re-exported here so every ``ml`` method has one home.
+``train_mpnn`` (one ensemble member per task) and ``score_block`` are re-exported here so every ``ml`` method
+has one home.
 
-All surrogates share one small interface — ``fit(smiles, values)`` and ``predict(smiles) -> (mean, std)`` —
-so the thinker does not care which one runs. Models are small (a few kB of weights, or the fingerprints of
-the training set), so they travel to workers by value; the large pool features never travel, workers read
-them from the shared cache (:func:`methods.features.qm9_features`).
+All surrogates share one small interface — ``fit(smiles, values)`` and ``predict(smiles) -> (mean, std)``, and
+the same on precomputed features — so the thinker does not care which one runs. A trained model travels to the
+workers once per round, by proxy when it is large; the search space's features never travel, workers read them
+from their cache (:mod:`methods.library`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import BayesianRidge
 
-from methods.features import fingerprints, group_counts, group_vocabulary, qm9_features
+from methods.features import GroupTable, fingerprints, group_table
+from methods.library import score_block
 from methods.mpnn import train_mpnn
 
 
@@ -52,27 +54,40 @@ class Surrogate(ABC):
 class GroupContributionModel(Surrogate):
     """Property = Σ (group count × group contribution), fitted by Bayesian ridge regression.
 
-    Bayesian ridge picks its own regularization from the data, which matters early in a campaign when there
-    are fewer molecules than groups, and it gives a predictive standard deviation.
+    The groups are those of the molecules it is trained on, whatever elements they hold, plus one column that
+    counts groups never seen in training: its contribution is unknown, so such molecules get the prior's
+    uncertainty, which is what an exploring acquisition (``ucb``, ``ei``) should see. Bayesian ridge picks its
+    own regularization from the data, which matters early in a campaign when there are fewer molecules than
+    groups, and it gives a predictive standard deviation.
     """
 
     name = "gc"
     feature_kind = "groups"
 
-    def __init__(self) -> None:
-        self.vocabulary = group_vocabulary()
+    def __init__(self, chunk: int = 65_536) -> None:
+        self.vocabulary: tuple[str, ...] = ()
         self.regressor = BayesianRidge()
+        self.chunk = chunk
 
-    def featurize(self, smiles: Sequence[str]) -> np.ndarray:  # noqa: D102
-        return group_counts(smiles, self.vocabulary)
+    def featurize(self, smiles: Sequence[str]) -> GroupTable:  # noqa: D102
+        return group_table(smiles)
 
-    def fit_features(self, features: np.ndarray, values: np.ndarray) -> GroupContributionModel:  # noqa: D102
-        self.regressor.fit(np.asarray(features, dtype=float), values)
+    def fit_features(self, features: GroupTable, values: np.ndarray) -> GroupContributionModel:  # noqa: D102
+        present = np.asarray(features.counts.sum(axis=0)).ravel() > 0
+        self.vocabulary = tuple(name for name, used in zip(features.names, present, strict=True) if used)
+        self.regressor.fit(features.dense(self.vocabulary), values)
         return self
 
-    def predict_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
-        mean, std = self.regressor.predict(np.asarray(features, dtype=float), return_std=True)
-        return mean, std
+    def predict_features(self, features: GroupTable) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+        means, stds = [], []
+        for start in range(0, len(features), self.chunk):  # dense in chunks: a library is millions of rows
+            block = features.take(np.arange(start, min(start + self.chunk, len(features))))
+            mean, std = self.regressor.predict(block.dense(self.vocabulary), return_std=True)
+            means.append(mean)
+            stds.append(std)
+        if not means:
+            return np.zeros(0), np.zeros(0)
+        return np.concatenate(means), np.concatenate(stds)
 
 
 class KNNModel(Surrogate):
@@ -129,7 +144,7 @@ class MPNNEnsemble(Surrogate):
     """
 
     name = "mpnn"
-    feature_kind = "smiles"
+    feature_kind = "graphs"
 
     def __init__(self, members: list | None = None, ensemble_size: int = 4, epochs: int = 64, seed: int = 0):
         self.members = list(members or [])
@@ -137,29 +152,32 @@ class MPNNEnsemble(Surrogate):
         self.epochs = epochs
         self.seed = seed
 
-    def featurize(self, smiles: Sequence[str]) -> np.ndarray:  # noqa: D102
-        return np.asarray(list(smiles), dtype=str)
+    def featurize(self, smiles: Sequence[str]) -> Any:  # noqa: D102
+        from methods.mpnn import featurize
 
-    def fit_features(self, features: np.ndarray, values: np.ndarray) -> MPNNEnsemble:  # noqa: D102
-        from methods.mpnn import train_mpnn
+        return featurize(list(smiles))
 
-        self.members = [train_mpnn(list(features), list(values), seed=self.seed + k, epochs=self.epochs)
+    def fit(self, smiles: Sequence[str], values: Sequence[float]) -> MPNNEnsemble:
+        """Train every member, one after the other (outside a campaign; a campaign trains them as tasks)."""
+        self.members = [train_mpnn(list(smiles), list(values), seed=self.seed + k, epochs=self.epochs)
                         for k in range(self.ensemble_size)]
         return self
 
-    def predict_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
-        from methods.mpnn import ensemble_predict
+    def fit_features(self, features: Any, values: np.ndarray) -> MPNNEnsemble:  # noqa: D102
+        raise NotImplementedError("MPNN members train from SMILES (train_mpnn); use fit")
+
+    def predict_features(self, features: Any) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+        from methods.mpnn import ensemble_predict_graphs
 
         if not self.members:
             raise RuntimeError("MPNNEnsemble.predict called before training")
-        return ensemble_predict(self.members, list(features))
+        return ensemble_predict_graphs(self.members, features)
 
 
 MODELS: dict[str, type[Surrogate]] = {"gc": GroupContributionModel, "knn": KNNModel, "mpnn": MPNNEnsemble}
 
 
-__all__ = ["MODELS", "MPNNEnsemble", "Surrogate", "make_model", "score_qm9", "score_smiles", "train_mpnn",
-           "train_surrogate"]
+__all__ = ["MODELS", "MPNNEnsemble", "Surrogate", "make_model", "score_block", "train_mpnn", "train_surrogate"]
 
 
 def make_model(name: str) -> Surrogate:
@@ -168,6 +186,11 @@ def make_model(name: str) -> Surrogate:
         return MODELS[name]()
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+
+
+def _rows(features: Any, rows: np.ndarray) -> Any:
+    """Rows of a feature matrix or table (a NumPy array or a :class:`GroupTable`)."""
+    return features[rows] if isinstance(features, np.ndarray) else features.take(rows)
 
 
 def train_surrogate(
@@ -187,35 +210,10 @@ def train_surrogate(
         order = np.random.default_rng(seed).permutation(len(y))
         cut = max(2, len(y) // 5)
         test, train = order[:cut], order[cut:]
-        held_out = make_model(name).fit_features(features[train], y[train])
-        prediction, _ = held_out.predict_features(features[test])
+        held_out = make_model(name).fit_features(_rows(features, train), y[train])
+        prediction, _ = held_out.predict_features(_rows(features, test))
         stats["holdout_mae"] = float(np.abs(prediction - y[test]).mean())
         stats["holdout_baseline_mae"] = float(np.abs(y[train].mean() - y[test]).mean())
     model.fit_features(features, y)
     stats["train_time"] = time.perf_counter() - start
     return model, stats
-
-
-def score_qm9(model: Surrogate, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``ml`` scoring task: predictions for QM9 rows, from the features cached on the worker's disk."""
-    from methods.data import load_qm9
-
-    features = load_qm9().smiles if model.feature_kind == "smiles" else qm9_features(model.feature_kind)
-    mean, std = model.predict_features(features[np.asarray(rows, dtype=np.int64)])
-    return mean.astype(np.float32), std.astype(np.float32)  # halves the result message; ranks are unchanged
-
-
-def score_smiles(model: Surrogate, smiles: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The ``ml`` scoring task for a user-supplied search space: predictions for molecules given as SMILES.
-
-    A user's library has no cached features on the workers, so each chunk is featurized here through the
-    model's own :meth:`Surrogate.predict`; the thinker sends chunks small enough for that to stay cheap. The
-    result has the layout of :func:`score_qm9` (float32 mean and standard deviation per molecule), with None
-    for the deviation of a model that gives none.
-    """
-    smiles = list(smiles)
-    if not smiles:  # scikit-learn rejects an empty feature matrix; an empty chunk simply scores nothing
-        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
-    mean, std = model.predict(smiles)
-    return (np.asarray(mean, dtype=np.float32),
-            None if std is None else np.asarray(std, dtype=np.float32))  # float32 halves the result message

@@ -13,7 +13,9 @@ from colmena.queue.python import PipeQueues
 from colmena.task_server.local import LocalTaskServer
 
 from configs.names import TOPICS
-from methods.surrogates import score_qm9, train_surrogate
+from methods.data import CACHE_VERSION
+from methods.library import Library, featurize_block, missing_blocks
+from methods.surrogates import score_block, train_surrogate
 from thinkers.design import INITIAL_BATCH, DesignPlan, DesignThinker, candidate
 from thinkers.records import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS, RunDirectory, summarize
 
@@ -92,9 +94,11 @@ def test_thinker_keeps_slots_full_and_stops_at_budget(tmp_path, qm9, qc_batch):
                       generate_size=24, retrain_after=4, ml_workers=1, model="gc", maximize=True, seed=1)
     pool_rows = np.random.default_rng(0).choice(len(qm9), 3000, replace=False)
     queues = ThreadSafePipeQueues(topics=TOPICS)
-    server = LocalTaskServer(queues, [evaluate_molecules, train_surrogate, score_qm9], threads=True, num_workers=8)
+    methods = [evaluate_molecules, train_surrogate, missing_blocks, featurize_block, score_block]
+    server = LocalTaskServer(queues, methods, threads=True, num_workers=8)
     run_dir = RunDirectory.create(tmp_path, {"test": qc_batch})
-    thinker = DesignThinker(queues, plan, run_dir, qm9.smiles, pool_rows, (0.1, "F"))
+    thinker = DesignThinker(queues, plan, run_dir, Library(f"qm9-v{CACHE_VERSION}", len(qm9)), qm9.smiles, pool_rows,
+                            (0.1, "F"))
     server.start()
     try:
         thinker.start()

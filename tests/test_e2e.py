@@ -1,6 +1,7 @@
 """End to end, as users run it: `python run.py` with a real auto-started redis-server, real Parsl workers, real xTB."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -48,13 +49,15 @@ def assert_nothing_left(before: set[int], run_root: Path, port: int) -> None:
     assert not left, f"processes outlived the run: {commands}"
 
 
-def campaign(tmp_path: Path, *args: str, name: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+def campaign(tmp_path: Path, *args: str, name: str | None = None,
+             env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, Path]:
     """Run run.py (the campaign ``name``, or the default) to completion; check no service process is left."""
     before = service_pids()
     port = free_port()
     command = [sys.executable, "run.py", *([name] if name else []), "--runs-dir", str(tmp_path),
                "--redis-port", str(port), *args]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540,
+                            env={**os.environ, **(env or {})})
     assert_nothing_left(before, tmp_path, port)
     run_dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(run_dirs) == 1, result.stdout + result.stderr
@@ -142,11 +145,75 @@ def test_atomization_campaign_with_batched_tasks(tmp_path):
                                "--search-size", "4", "--qc-batch", "2", "--parallel-guesses", "2", "--model", "knn")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     atoms = json.loads((run_dir / "atom_energies.json").read_text())["energies"]
-    assert set(atoms) == {"H", "C", "N", "O", "F"}
+    assert set(atoms) == {"H", "C", "N", "O", "F", "S", "Cl", "Br"}
     records = read_jsonl(run_dir / "simulation_records.jsonl")
     assert len(records) == 8
     assert all(r["value"] < 0 for r in records if r["success"])
     assert max(sum(1 for r in records if r["task_id"] == t) for t in {r["task_id"] for r in records}) == 2
+
+
+LIBRARY = """# sulfur, chlorine and bromine, and two lines that must be skipped
+CS methanethiol
+CSC dimethyl_sulfide
+CCS ethanethiol
+c1ccsc1 thiophene
+CSSC dimethyl_disulfide
+CS(C)=O dmso
+ClCCl dichloromethane
+CCl chloromethane
+ClC(Cl)Cl chloroform
+Clc1ccccc1 chlorobenzene
+CC(Cl)=O acetyl_chloride
+CBr bromomethane
+BrCCBr dibromoethane
+Brc1ccccc1 bromobenzene
+FC(F)(F)Br bromotrifluoromethane
+Brc1ccc(Cl)cc1
+Clc1ccc(S)cc1
+CCSCC
+NCCCl
+CCBr
+c1ccc2sccc2c1 benzothiophene
+C[Si](C)(C)C tetramethylsilane
+[Na+].[Cl-] salt
+"""
+
+
+def test_a_library_with_sulfur_and_halogens_real_xtb_features_cached_models_by_proxy(tmp_path):
+    """A user's library as the search space, end to end with real xTB, twice on the same file.
+
+    The first campaign featurizes the library on the ml workers and caches it; the second finds the cache and
+    computes nothing. Models go to workers by proxy, one per round, all evicted by the end; no message is
+    anywhere near a megabyte.
+    """
+    library = tmp_path / "library.smi"
+    library.write_text(LIBRARY)
+    cache = tmp_path / "cache"
+    options = ("--search-space", str(library), "--acquisition", "ucb", "--retrain-after", "3")
+    result, run_dir = campaign(tmp_path / "first", *options, "--initial-count", "5", "--search-size", "7",
+                               env={"MOLSTEER_CACHE": str(cache)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "line 23: element Si is not supported" in result.stdout
+    records = read_jsonl(run_dir / "simulation_records.jsonl")
+    assert len(records) == 12 and all(r["success"] for r in records), records
+    evaluated = {r["smiles"] for r in records}
+    for element in ("S", "Cl", "Br"):
+        assert any(element in s for s in evaluated), f"no molecule with {element} evaluated"
+    assert all(5 < r["value"] < 20 for r in records)  # GFN2-xTB IEs of small molecules, eV
+    assert {r["source"] for r in records} == {"initial", "model"}
+    features = read_jsonl(run_dir / "feature_records.jsonl")
+    assert features[0]["blocks_computed"] == 1 and features[0]["molecules"] == 21
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = read_jsonl(run_dir / "screening_records.jsonl")
+    assert summary["proxies_created"] >= len(rounds) >= 2 and summary["proxies_live"] == 0
+    assert 0 < summary["largest_ml_message"] < 1 << 20
+    assert not (run_dir / "proxystore").exists()
+
+    again, second_dir = campaign(tmp_path / "second", *options, "--initial-count", "3", "--search-size", "2",
+                                 env={"MOLSTEER_CACHE": str(cache)})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    reused = read_jsonl(second_dir / "feature_records.jsonl")
+    assert reused[0]["blocks_computed"] == 0 and reused[0]["library"] == features[0]["library"]
 
 
 def start_long_campaign(tmp_path: Path, port: int, min_records: int) -> tuple[subprocess.Popen, Path]:

@@ -2,7 +2,6 @@ import gzip
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 from rdkit import rdBase
 
@@ -212,20 +211,3 @@ def test_broken_gzip(tmp_path):
     disguised = tmp_path / "lib.smi"
     disguised.write_bytes(data)
     assert "gzip-compressed; give it a name ending in .gz" in error_of(disguised)
-
-
-def test_score_smiles_matches_predict(qm9):
-    from methods.surrogates import score_smiles, train_surrogate
-
-    rows = np.random.default_rng(5).choice(len(qm9), 200, replace=False)
-    values = -qm9.columns["HOMO_au"][rows] * 27.2114
-    model, _ = train_surrogate("gc", qm9.smiles[rows[:150]].tolist(), values[:150].tolist())
-    smiles = qm9.smiles[rows[150:]].tolist()
-    mean, std = score_smiles(model, smiles)
-    expected_mean, expected_std = model.predict(smiles)
-    assert mean.dtype == np.float32 and std is not None and std.dtype == np.float32
-    assert mean.shape == std.shape == (50,)
-    np.testing.assert_allclose(mean, expected_mean, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(std, expected_std, rtol=1e-5, atol=1e-5)
-    empty_mean, empty_std = score_smiles(model, [])
-    assert empty_mean.shape == empty_std.shape == (0,)

@@ -49,9 +49,9 @@ def test_bigger_molecules_have_more_negative_atomization_energy(xtb_atoms):
 
 def test_failures_are_recorded_with_their_reason():
     spec = QCSpec(objective="ionization-energy", **XTB)
-    records = evaluate_molecules(["CS", "C1CC", "O"], spec, CONFIG)
+    records = evaluate_molecules(["C[Si](C)(C)C", "C1CC", "O"], spec, CONFIG)
     assert [r["success"] for r in records] == [False, False, True]
-    assert "unsupported elements S" in records[0]["failure_reason"]
+    assert "unsupported elements Si" in records[0]["failure_reason"]
     assert "cannot parse" in records[1]["failure_reason"]
     assert records[0]["value"] is None
 

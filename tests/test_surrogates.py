@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from methods.features import fingerprints, group_counts, group_vocabulary, qm9_features
-from methods.surrogates import make_model, score_qm9, train_surrogate
+from methods.features import fingerprints, group_table
+from methods.library import Library, featurize_block, score_block
+from methods.surrogates import make_model, train_surrogate
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +27,28 @@ def test_surrogates_beat_the_mean_on_held_out_molecules(qm9, split, name):
 
 
 @pytest.mark.parametrize("name", ["gc", "knn"])
-def test_cached_pool_features_match_fresh_ones(qm9, split, name):
-    """Scoring from the on-disk cache must give what scoring from SMILES gives."""
+def test_cached_block_features_match_fresh_ones(qm9, split, name, tmp_path, monkeypatch):
+    """Scoring from a library's cached block (as the workers do) must give what scoring from SMILES gives."""
+    monkeypatch.setenv("MOLSTEER_CACHE", str(tmp_path))
     train_rows, train_values, test_rows, _ = split
     model, _ = train_surrogate(name, qm9.smiles[train_rows].tolist(), train_values.tolist())
-    from_cache, _ = score_qm9(model, test_rows)
-    from_smiles, _ = model.predict(qm9.smiles[test_rows].tolist())
+    smiles = qm9.smiles[test_rows].tolist()
+    library = Library("test-block", len(smiles))
+    featurize_block(library, model.feature_kind, 0, smiles)
+    some = np.array([5, 0, 17, 199])
+    from_cache, _ = score_block(model, library, 0, some)
+    from_smiles, _ = model.predict([smiles[i] for i in some])
     np.testing.assert_allclose(from_cache, from_smiles, rtol=1e-5, atol=1e-5)
+    whole, _ = score_block(model, library, 0)
+    assert len(whole) == len(smiles)
 
 
-def test_feature_shapes(qm9):
-    assert qm9_features("groups").shape == (len(qm9), len(group_vocabulary()) + 1)
-    assert qm9_features("fingerprints").shape == (len(qm9), 256)
-    assert group_counts(["CS"])[0, -1] > 0  # sulfur groups are unknown to QM9: counted as "other"
+def test_feature_shapes():
+    table = group_table(["CS", "c1ccc(Cl)cc1Br", "C1CC"])
+    assert len(table) == 3 and table.counts[2].nnz == 0  # unparsable: no groups, not a crash
+    assert any(name.startswith("S:") for name in table.names) and any("Br" in name for name in table.names)
+    dense = table.dense(["C:H3:D1"])
+    assert dense.shape == (3, 2) and dense[0, 0] == 1 and dense[0, 1] == table.counts[0].sum() - 1
     assert fingerprints(["C1CC"]).sum() == 0  # unparsable: empty fingerprint, not a crash
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -29,8 +30,11 @@ from colmena.thinker import ResourceCounter, agent, result_processor, task_submi
 
 from configs.names import ML_EXECUTOR, ML_TOPIC, QC_EXECUTOR, SIMULATION_TOPIC, TOPICS
 from methods.acquisition import acquire
+from methods.library import BLOCK, Library
 from thinkers.campaign import Assembly, SteeringThinker
+from thinkers.proxies import ProxyLedger
 from thinkers.records import (
+    FEATURE_RECORDS,
     RL_RECORDS,
     SCREENING_RECORDS,
     SIMULATION_RECORDS,
@@ -41,9 +45,6 @@ from thinkers.records import (
 )
 
 logger = logging.getLogger(__name__)
-
-SCORE_CHUNK = 40_000
-"""Most molecules scored by one ML task: keeps each result well under a megabyte."""
 
 INITIAL_BATCH = -1
 """Batch number of the initial random molecules; they are served before every model batch."""
@@ -156,11 +157,12 @@ class DesignThinker(SteeringThinker):
         queues: ColmenaQueues,
         plan: DesignPlan,
         run_dir: RunDirectory,
+        library: Library,
         pool_smiles: np.ndarray,
         pool_rows: np.ndarray,
         qc_args: tuple[Any, ...],
         history: DesignHistory | None = None,
-        score_by_smiles: bool = False,
+        ledger: ProxyLedger | None = None,
     ):
         """Create the thinker.
 
@@ -168,12 +170,13 @@ class DesignThinker(SteeringThinker):
             queues: Client side of the Colmena queues, with the simulation and ML topics.
             plan: Budget, batch sizes and model choice.
             run_dir: Where records are written.
-            pool_smiles: SMILES of every molecule of the search space's source (QM9 row order).
+            library: The search space's handle: workers score its cached feature blocks.
+            pool_smiles: SMILES of every molecule of the library (its row order).
             pool_rows: Rows of ``pool_smiles`` that form the search space.
             qc_args: Arguments after the SMILES list for ``evaluate_molecules`` (spec, task config, atom energies).
             history: What earlier attempts recorded, when the campaign is resumed.
-            score_by_smiles: The pool is a user's library: workers featurize SMILES instead of reading the
-                cached QM9 features.
+            ledger: Proxies of the models sent to workers (one per round, evicted when the round is over);
+                without one, models travel by value.
         """
         super().__init__(queues, ResourceCounter(plan.parallel_guesses, ["qc"]))
         self.rec.reallocate(None, "qc", plan.parallel_guesses)
@@ -183,7 +186,10 @@ class DesignThinker(SteeringThinker):
         self.pool_rows = np.asarray(pool_rows, dtype=np.int64)
         self._pool_row = {str(pool_smiles[r]): int(r) for r in self.pool_rows}  # generated molecules: -1
         self.qc_args = qc_args
-        self.score_by_smiles = score_by_smiles
+        self.library = library
+        self.ledger = ledger or ProxyLedger()
+        self.largest_message = 0  # bytes, over every ML task of the run: the evidence big objects went by proxy
+        self._last_round_largest = 0
 
         self.task_queue: PriorityQueue[Candidate] = PriorityQueue()
         self.attempted: set[int] = set()  # pool rows submitted to QC (whatever the outcome)
@@ -405,6 +411,8 @@ class DesignThinker(SteeringThinker):
         Proposals come from screening the pool or from the RL agent; the acquisition function ranks them,
         and the best become the newest batch of the task queue.
         """
+        if self.plan.generator == "pool":  # while the first QC results arrive, the ml workers featurize
+            self._prepare_features()
         while self._wait_for_new_data():
             with self._state:
                 smiles, values = list(self.database), list(self.database.values())
@@ -415,10 +423,14 @@ class DesignThinker(SteeringThinker):
             if model is None:
                 continue
 
-            if self.plan.generator == "rl":
-                candidates = self._propose_with_rl(model)
-            else:
-                candidates = self._screen_pool(model)
+            handle = self.ledger.put(model)  # stored once per round, however many tasks use it
+            try:
+                if self.plan.generator == "rl":
+                    candidates = self._propose_with_rl(handle)
+                else:
+                    candidates = self._screen_pool(handle)
+            finally:
+                self.ledger.retire(handle)  # every task that used it has returned: evicted now
             if candidates is None:
                 return
             smiles_list, means, stds = candidates
@@ -446,6 +458,7 @@ class DesignThinker(SteeringThinker):
                 "acquisition": self.plan.acquisition,
                 "top": [{"smiles": t, "mean": m, "std": s} for t, m, s in chosen[:10]],
                 "round_time": time.monotonic() - round_start,
+                "largest_message": self._last_round_largest,
             })
             logger.info("Batch %d: trained on %d, scored %d, queued %d (best predicted %.3f) in %.1f s",
                         batch, len(smiles), len(smiles_list), len(chosen), chosen[0][1] if chosen else float("nan"),
@@ -462,32 +475,81 @@ class DesignThinker(SteeringThinker):
             name = "greedy"
         return acquire(name, means, stds, maximize=self.plan.maximize, best=best, beta=self.plan.beta)
 
+    def _prepare_features(self) -> None:
+        """Make sure every block of the library has the model's features cached on the ml workers.
+
+        A worker says which blocks its cache lacks; those are featurized as parallel ``ml`` tasks (about 1 ms
+        of RDKit per molecule, once per library and kind). A second campaign on the same library finds them
+        all cached and goes straight to scoring. Runs on the generator thread while the initial molecules
+        are at QC, so on a first run the QC workers are not kept waiting either.
+        """
+        from methods.surrogates import MODELS
+
+        kind = MODELS[self.plan.model].feature_kind
+        start = time.monotonic()
+        self.queues.send_inputs(self.library, [kind], method="missing_blocks", topic=ML_TOPIC)
+        answer = self._wait_for_ml(1)[0]
+        if not answer.success:
+            raise RuntimeError(f"cannot read the feature cache: {answer.failure_info.exception}")
+        missing = answer.value[kind]
+        for block in missing:
+            rows = self.library.block_rows(block)
+            self.queues.send_inputs(self.library, kind, block, self.pool_smiles[rows.start:rows.stop].tolist(),
+                                    method="featurize_block", topic=ML_TOPIC)
+        results = self._wait_for_ml(len(missing))
+        self._note_sizes(results)
+        failed = [r for r in results if not r.success]
+        record = {"library": self.library.key, "kind": kind, "molecules": self.library.size,
+                  "blocks": self.library.n_blocks, "blocks_computed": len(missing) - len(failed),
+                  "blocks_failed": len(failed), "wall_time": time.monotonic() - start,
+                  "compute_time": sum(r.time.running or 0.0 for r in results if r.success)}
+        if failed:
+            record["failure_reason"] = failed[0].failure_info.exception if failed[0].failure_info else "unknown"
+        self.run_dir.records(FEATURE_RECORDS).write(record)
+        if failed:
+            raise RuntimeError(f"featurizing the search space failed: {record['failure_reason']}")
+        if missing:
+            logger.info("Featurized %d of %d blocks (%s, %d molecules) in %.1f s", len(missing),
+                        self.library.n_blocks, kind, self.library.size, record["wall_time"])
+
+    def _note_sizes(self, results: list[Result]) -> int:
+        """Track the largest ML message (inputs or result) of the run; returns the largest of these."""
+        largest = max((max(r.message_sizes.values(), default=0) for r in results), default=0)
+        self.largest_message = max(self.largest_message, largest)
+        return largest
+
     def _screen_pool(self, model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-        """Score every unevaluated pool molecule: SMILES, means, stds (None once the pool is exhausted)."""
+        """Score every unevaluated pool molecule: SMILES, means, stds (None once the pool is exhausted).
+
+        One ``ml`` task per cached block of the library, each sending only the block number and the rows
+        still to score, and getting back two float32 numbers per molecule: every message stays far below a
+        megabyte whatever the library's size.
+        """
         with self._state:
             attempted = np.fromiter(self.attempted, dtype=np.int64)
-        unseen = self.pool_rows[~np.isin(self.pool_rows, attempted)]
+        unseen = np.sort(self.pool_rows[~np.isin(self.pool_rows, attempted)])
         if len(unseen) == 0:
             self.logger.info("Every molecule of the pool has been attempted; nothing left to score")
             return None
-        # One task per ML worker, and none too large for the queues (QM9 alone is 130k molecules).
-        n_chunks = max(self.plan.ml_workers, -(-len(unseen) // SCORE_CHUNK))
-        chunks = np.array_split(unseen, min(n_chunks, len(unseen)))
-        for chunk in chunks:
-            if self.score_by_smiles:
-                self.queues.send_inputs(model, self.pool_smiles[chunk].tolist(), method="score_smiles",
-                                        topic=ML_TOPIC, task_info={"first_row": int(chunk[0])})
-            else:
-                self.queues.send_inputs(model, chunk, method="score_qm9", topic=ML_TOPIC,
-                                        task_info={"first_row": int(chunk[0])})
-        scored = self._wait_for_ml(len(chunks))
+        groups = np.split(unseen, np.flatnonzero(np.diff(unseen // BLOCK)) + 1)
+        for group in groups:
+            block = int(group[0] // BLOCK)
+            local = (group - block * BLOCK).astype(np.int32)
+            whole = len(local) == len(self.library.block_rows(block))
+            self.queues.send_inputs(model, self.library, block, None if whole else local, method="score_block",
+                                    topic=ML_TOPIC, task_info={"block": block})
+        scored = self._wait_for_ml(len(groups))
+        self._last_round_largest = self._note_sizes(scored)
         failed = [r for r in scored if not r.success]
         if failed:
             self.logger.error("Scoring failed: %s",
                               failed[0].failure_info.exception if failed[0].failure_info else "unknown")
             return np.array([], dtype=str), np.zeros(0), None
-        means, stds = self._ordered_predictions(chunks, scored)
-        return self.pool_smiles[np.concatenate(chunks)], means, stds
+        by_block = {int(r.task_info["block"]): r.value for r in scored}
+        ordered = [by_block[int(group[0] // BLOCK)] for group in groups]
+        means = np.concatenate([mean for mean, _ in ordered])
+        stds = None if any(std is None for _, std in ordered) else np.concatenate([std for _, std in ordered])
+        return self.pool_smiles[unseen], means, stds
 
     def _propose_with_rl(self, model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Run the RL agent against the current surrogate; its new molecules become the candidates.
@@ -536,6 +598,7 @@ class DesignThinker(SteeringThinker):
             self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
                                     method="train_surrogate", topic=ML_TOPIC)
         results = self._wait_for_ml(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
+        self._note_sizes(results)
         record: dict[str, Any] = {"round": self._round, "model": self.plan.model, "n_train": len(smiles),
                                   "success": all(r.success for r in results),
                                   "time_running": [r.time.running for r in results], **task_timing(results[0])}
@@ -560,17 +623,6 @@ class DesignThinker(SteeringThinker):
         if model is None:
             self.logger.error("Model training failed: %s", record.get("failure_reason"))
         return model
-
-    @staticmethod
-    def _ordered_predictions(chunks: list[np.ndarray], scored: list[Result]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Put scoring results, which arrive in any order, back in chunk order (matched by first row)."""
-        by_first_row = {int(result.task_info["first_row"]): result.value for result in scored}
-        ordered = [by_first_row[int(chunk[0])] for chunk in chunks]
-        means = np.concatenate([mean for mean, _ in ordered])
-        if any(std is None for _, std in ordered):
-            return means, None
-        return means, np.concatenate([std for _, std in ordered])
-
 
 def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[str, Any]) -> dict[str, float]:
     """Compute the isolated-atom reference energies once, on a QC worker, before the campaign starts.
@@ -634,15 +686,18 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
     (``run_dir.attempt > 0``) takes its state over from the records (:class:`DesignHistory`) and reuses the
     saved atom energies.
     """
-    from methods.data import load_qm9, sample_pool
+    from configs.sites import workers_share_files
+    from methods.data import CACHE_VERSION, load_qm9, sample_pool
+    from methods.library import featurize_block, missing_blocks
     from methods.rl import generate_molecules
     from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
-    from methods.surrogates import score_qm9, score_smiles, train_mpnn, train_surrogate
+    from methods.surrogates import score_block, train_mpnn, train_surrogate
+    from thinkers.proxies import close_proxy_store, open_proxy_store
     from thinkers.records import summarize
 
     spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis,
                   objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed,
-                  timeout=settings.qc_timeout)
+                  timeout=settings.qc_timeout, ie_correction=settings.ie_correction)
     run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
     if settings.search_space is not None:  # the user's library (validated by check) replaces QM9 as the pool
         space = search_space(settings.search_space)
@@ -651,10 +706,15 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
 
             logger.warning("--search-space %s: %s", settings.search_space, skipped_summary(space))
         pool_smiles = np.array(space.smiles, dtype=object).astype(str)
+        library = Library(space.key, len(pool_smiles))
     else:
         pool_smiles = load_qm9().smiles
+        library = Library(f"qm9-v{CACHE_VERSION}", len(pool_smiles))
     pool_rows = sample_pool(len(pool_smiles), settings.pool_size, settings.seed)
     history = DesignHistory.load(run_dir) if run_dir.attempt > 0 else None
+    shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)  # a killed attempt's proxies are unusable
+    ledger = ProxyLedger()
+    holder: dict[str, DesignThinker] = {}
 
     def build_thinker(queues: ColmenaQueues) -> DesignThinker:
         atom_energies = None
@@ -667,8 +727,21 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
                 run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
             logger.info("Reference atom energies (Hartree): %s", atom_energies)
         plan = DesignPlan.from_settings(settings, units=spec.units)
-        return DesignThinker(queues, plan, run_dir, pool_smiles, pool_rows, (spec, task_config, atom_energies),
-                             history, score_by_smiles=settings.search_space is not None)
+        ledger.store = open_proxy_store(run_dir.path, f"molsteer-{run_dir.name}-{run_dir.attempt}",
+                                        queues if not workers_share_files(settings) else None)
+        holder["thinker"] = DesignThinker(queues, plan, run_dir, library, pool_smiles, pool_rows,
+                                          (spec, task_config, atom_energies), history, ledger)
+        return holder["thinker"]
+
+    def close() -> None:
+        if ledger.store is not None:
+            close_proxy_store(ledger.store, ledger)
+            shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)
+
+    def extra() -> dict[str, Any]:
+        thinker = holder.get("thinker")
+        return {**ledger.stats(), "largest_ml_message": thinker.largest_message if thinker else None,
+                "library": {"key": library.key, "molecules": library.size}}
 
     def headline(summary: dict[str, Any]) -> list[str]:
         utilization = summary["qc_utilization"]
@@ -682,11 +755,12 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
         topics=TOPICS,
         methods=[(evaluate_molecules, QC_EXECUTOR), (compute_atom_energies, QC_EXECUTOR),
                  (train_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR), (generate_molecules, ML_EXECUTOR),
-                 (score_qm9, ML_EXECUTOR), (score_smiles, ML_EXECUTOR)],
+                 (missing_blocks, ML_EXECUTOR), (featurize_block, ML_EXECUTOR), (score_block, ML_EXECUTOR)],
         build_thinker=build_thinker,
         summarize=lambda wall_time: summarize(run_dir, maximize=settings.maximize, n_workers=settings.qc_workers,
-                                              wall_time=wall_time),
+                                              wall_time=wall_time, extra=extra()),
         headline=headline,
+        close=close,
         description=f"{settings.objective} with {settings.qc_code} ({settings.method}), "
                     f"{settings.total_evaluations} evaluations, {settings.qc_workers} QC workers",
     )

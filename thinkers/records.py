@@ -38,6 +38,7 @@ SIMULATION_RECORDS = "simulation_records.jsonl"
 SCREENING_RECORDS = "screening_records.jsonl"
 TRAINING_RECORDS = "training_records.jsonl"
 RL_RECORDS = "rl_records.jsonl"
+FEATURE_RECORDS = "feature_records.jsonl"
 SUBMITTED_RECORDS = "submitted_records.jsonl"
 ATTEMPT_RECORDS = "attempt_records.jsonl"
 LOCK_FILE = ".lock"
@@ -343,8 +344,12 @@ def qc_utilization(records: list[dict[str, Any]], n_workers: int) -> dict[str, f
     }
 
 
-def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: float | None) -> dict[str, Any]:
-    """The end-of-run summary, computed from the records alone (so it can be rebuilt for any run)."""
+def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: float | None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The end-of-run summary, computed from the records alone (so it can be rebuilt for any run).
+
+    ``extra`` adds what only the live run knows (proxy counts, the largest message).
+    """
     everything = run_dir.read_records(SIMULATION_RECORDS)
     records = [r for r in everything if not r.get("abandoned")]
     successes = [r for r in records if r.get("success")]
@@ -365,4 +370,5 @@ def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: 
         "median_qc_time_per_molecule": qc_times[len(qc_times) // 2] if qc_times else None,
         **qc_utilization(latest_attempt(records), n_workers),
         "best": [{"smiles": r["smiles"], "value": r["value"], "source": r.get("source")} for r in best],
+        **(extra or {}),
     }
