@@ -33,6 +33,7 @@ import psutil
 from pydantic import ValidationError
 
 from configs.lifeline import mark_environment, register_process, start_watchdog, stop_leftovers
+from configs.names import QC_EXECUTOR
 from configs.services import (
     AuthRedisQueues,
     RedisWatch,
@@ -325,6 +326,46 @@ def open_run_directory(campaign: str, settings: CommonSettings, parser: argparse
     return run_dir
 
 
+STARTUP_TOPIC = "startup"
+"""Queue topic of the warm-up tasks, apart from every campaign's own topics."""
+
+WARM_UP_WAIT = 60.0
+"""Longest wait (s) for warm QC workers once the data is loaded; batch queues may hold workers back for longer."""
+
+
+def wait_for_warm_workers(queues: AuthRedisQueues, n_workers: int, run_dir: RunDirectory, start: float) -> None:
+    """Wait until every QC worker has run its warm-up task (or :data:`WARM_UP_WAIT` passed); record when.
+
+    The campaign's first QC task is sent only after this, so the QC workers' utilization counts no start-up
+    idle time that could have been avoided; if workers are slow to come (a batch queue), the campaign starts
+    anyway and the workers pick tasks up when they arrive.
+    """
+    from colmena.exceptions import TimeoutException
+
+    waited_from = time.monotonic()
+    warm: list[dict[str, object]] = []
+    while len(warm) < n_workers and time.monotonic() - waited_from < WARM_UP_WAIT:
+        try:
+            result = queues.get_result(topic=STARTUP_TOPIC, timeout=1)
+        except TimeoutException:
+            continue
+        if not result.success:  # a worker that cannot even import the QC stack: its real tasks will say why
+            logger.warning("A QC worker failed to warm up: %s",
+                           result.failure_info.exception if result.failure_info else "unknown")
+            warm.append({"success": False})
+            continue
+        warm.append({**result.value, "success": True, "ready_after": time.monotonic() - start})
+    waited = time.monotonic() - waited_from
+    if len(warm) < n_workers:
+        logger.info("%d of %d QC workers ready after %.0f s; starting the campaign anyway", len(warm), n_workers,
+                    waited)
+    else:
+        logger.info("QC workers warm %.1f s after start (waited %.1f s after loading the data)",
+                    time.monotonic() - start, waited)
+    run_dir.write_json("startup.json" if run_dir.attempt == 0 else f"startup.resume-{run_dir.attempt}.json",
+                       {"qc_workers": n_workers, "warm": warm, "waited_after_loading": waited})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one campaign, or continue one (``--resume``); returns the process exit status."""
     campaign, settings, parser, resume = parse_settings(argv)
@@ -379,14 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        assembly = module.assemble(settings, run_dir, task_config)
+        # Workers start first and warm up while this process loads the campaign's data (``assemble``): the
+        # first QC task then finds a warm worker instead of waiting for one to boot.
+        from methods.simulate import warm_up
+
+        topics, methods = module.task_methods(settings)
         # A launch script that starts Redis itself hands its password over in the environment, not in `ps`.
         password, redis_server = connect_redis(settings.redis_host, settings.redis_port,
                                                settings.redis_password or os.environ.get(REDIS_PASSWORD_VARIABLE),
                                                run_dir.path / "redis")
         if redis_server is not None:
             register_process(run_dir.path, run_dir.attempt, "redis", redis_server.process.pid)
-        queues = AuthRedisQueues(assembly.topics, hostname=settings.redis_host, port=settings.redis_port,
+        queues = AuthRedisQueues((*topics, STARTUP_TOPIC), hostname=settings.redis_host, port=settings.redis_port,
                                  password=password, prefix=f"molsteer-{run_dir.name}", keep_inputs=False,
                                  serialization_method="pickle", max_retries=settings.max_retries)
         watch = RedisWatch(settings.redis_host, settings.redis_port, password)
@@ -394,10 +439,16 @@ def main(argv: list[str] | None = None) -> int:
         if settings.task_server == "parsl":
             parsl_config = SITES[settings.site](run_dir.path, site_options)
             (run_dir.path / "parsl_config.txt").write_text(repr(parsl_config) + "\n")
-        task_server = build_task_server(settings, assembly.methods, queues, parsl_config, qc_machine.ncores)
+        task_server = build_task_server(settings, [*methods, (warm_up, QC_EXECUTOR)], queues, parsl_config,
+                                        qc_machine.ncores)
         task_server.start()
         register_process(run_dir.path, run_dir.attempt, "task_server", task_server.pid)
+        for _ in range(settings.qc_workers):
+            queues.send_inputs(settings.qc_code, settings.method, task_config, method="warm_up",
+                               topic=STARTUP_TOPIC)
 
+        assembly = module.assemble(settings, run_dir, task_config)
+        wait_for_warm_workers(queues, settings.qc_workers, run_dir, start)
         thinker = assembly.build_thinker(queues)
         logger.info("Campaign: %s", assembly.description)
         thinker.start()

@@ -59,6 +59,23 @@ def _block_path(library: Library, kind: str, block: int) -> Path:
     return cache_dir() / "libraries" / library.key / f"{kind}-v{FEATURES_VERSION}-{block:05d}.{suffix}"
 
 
+BLOCK_STATE_MIN = 0.5
+"""A model keeps per-block state (``knn``'s nearest neighbours) only when it scores at least this fraction of it."""
+
+
+def block_state_path(library: Library, name: str, block: int) -> Path:
+    """Where a model keeps state about one block between rounds (worker side, next to the block's features)."""
+    return cache_dir() / "libraries" / library.key / "state" / f"{name}-{block:05d}.npz"
+
+
+def prune_block_states(library: Library, block: int, keep: int = 4) -> None:
+    """Delete all but the ``keep`` newest model states of a block, so campaigns never fill the disk with them."""
+    folder = cache_dir() / "libraries" / library.key / "state"
+    states = sorted(folder.glob(f"*-{block:05d}.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in states[keep:]:
+        old.unlink(missing_ok=True)
+
+
 def compute_features(kind: str, smiles: list[str]) -> Any:
     """Features of one kind for molecules given as SMILES, in the layout the cache stores."""
     if kind == "groups":
@@ -137,9 +154,5 @@ def score_block(model: Any, library: Library, block: int, rows: np.ndarray | Non
     Returns:
         float32 mean and standard deviation per row (None for a model without one); float32 halves the message.
     """
-    features = load_block(library, model.feature_kind, block)
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64)
-        features = np.asarray(features[rows]) if isinstance(features, np.ndarray) else features.take(rows)
-    mean, std = model.predict_features(features)
+    mean, std = model.predict_block(library, block, rows)
     return (np.asarray(mean, dtype=np.float32), None if std is None else np.asarray(std, dtype=np.float32))

@@ -404,6 +404,28 @@ def single_point_energy(
     return float(result.return_result)
 
 
+def warm_up(code: str, method: str | None, task_config: dict[str, Any]) -> dict[str, Any]:
+    """The QC task each worker runs before the campaign's first molecule: pays the start-up costs up front.
+
+    Importing the QC stack (QCEngine, RDKit, ASE) takes seconds, and xTB's first calculation in a process
+    another second or so. ``run.py`` sends one of these per QC worker as soon as the workers are started, while
+    the thinker side is still loading its data, so the first real molecule finds a warm worker.
+
+    Returns:
+        Where it ran and how long it took, for the run's records.
+    """
+    start = time.perf_counter()
+    import ase  # noqa: F401 - imported for its start-up cost
+    import qcengine  # noqa: F401
+    from rdkit import Chem
+
+    Chem.MolFromSmiles("CO")
+    if code == "xtb":  # a two-atom single point loads libxtb and its parameters
+        hydrogen = Structure(("H", "H"), np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.74]]))
+        single_point_energy(hydrogen, 0, 1, QCSpec(code="xtb", method=method or "GFN2-xTB"), task_config)
+    return {"host": platform.node(), "pid": os.getpid(), "seconds": time.perf_counter() - start}
+
+
 def compute_atom_energies(
     spec: QCSpec, task_config: dict[str, Any], elements: tuple[str, ...] = tuple(sorted(SUPPORTED_ELEMENTS))
 ) -> dict[str, float]:

@@ -7,7 +7,7 @@ from configs.search_space import load_search_space
 from methods.chem import SUPPORTED_ELEMENTS
 from methods.library import BLOCK, Library, featurize_block, missing_blocks, score_block
 from methods.mpnn import featurize
-from methods.surrogates import MPNNEnsemble, train_surrogate
+from methods.surrogates import MPNNEnsemble, make_model, train_surrogate
 
 HALOGEN_SULFUR = ["CS", "CSC", "CCS", "ClCCl", "CCl", "CBr", "BrCCBr", "c1ccsc1", "Clc1ccccc1", "Brc1ccccc1",
                   "CC(=O)S", "ClC(Cl)Cl", "FC(F)(F)Br", "OCCS", "NCCCl", "CC(Br)C", "c1ccc(S)cc1", "CCSCC",
@@ -68,3 +68,23 @@ def test_a_checked_search_space_is_cached_by_content(cache, tmp_path):
     path.write_text("\n".join(HALOGEN_SULFUR[:5]) + "\n")  # a changed file is a different library
     changed = load_search_space(path, elements=SUPPORTED_ELEMENTS)
     assert changed.key != first.key and len(changed.smiles) == 5
+
+
+def test_knn_scores_a_growing_training_set_incrementally_and_exactly(qm9, cache):
+    rng = np.random.default_rng(0)
+    smiles = qm9.smiles[rng.choice(len(qm9), 3000, replace=False)].tolist()
+    library = Library("knn-state", len(smiles))
+    featurize_block(library, "fingerprints", 0, smiles)
+    train = smiles[:60]
+    values = rng.normal(size=60)
+    for n in (3, 20, 60):  # rounds: each adds molecules at the end of the training set
+        model = make_model("knn").fit(train[:n], values[:n])
+        mean, std = score_block(model, library, 0)
+        full_mean, full_std = model.predict(smiles)
+        np.testing.assert_allclose(mean, full_mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(std, full_std, rtol=1e-4, atol=1e-5)
+    states = list((cache / "libraries" / "knn-state" / "state").glob("*.npz"))
+    assert len(states) == 1 and int(np.load(states[0])["seen"]) == 60
+    reordered = make_model("knn").fit(train[::-1], values[::-1])  # not a continuation: rebuilt, still exact
+    mean, _ = score_block(reordered, library, 0, np.arange(2000))
+    np.testing.assert_allclose(mean, reordered.predict(smiles[:2000])[0], rtol=1e-4, atol=1e-5)

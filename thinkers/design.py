@@ -677,6 +677,18 @@ def search_space(path: Path) -> Any:
     return load_search_space(path, elements=frozenset(SUPPORTED_ELEMENTS))
 
 
+def task_methods(settings: Any) -> tuple[tuple[str, ...], list[tuple[Any, str]]]:
+    """The queue topics and worker methods, known before any data is loaded (``run.py`` starts workers first)."""
+    from methods.library import featurize_block, missing_blocks
+    from methods.rl import generate_molecules
+    from methods.simulate import compute_atom_energies, evaluate_molecules
+    from methods.surrogates import score_block, train_mpnn, train_surrogate
+
+    return TOPICS, [(evaluate_molecules, QC_EXECUTOR), (compute_atom_energies, QC_EXECUTOR),
+                    (train_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR), (generate_molecules, ML_EXECUTOR),
+                    (missing_blocks, ML_EXECUTOR), (featurize_block, ML_EXECUTOR), (score_block, ML_EXECUTOR)]
+
+
 def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
     """The design campaign's one assembly point: validated settings → task-server methods and a thinker factory.
 
@@ -688,10 +700,7 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
     """
     from configs.sites import workers_share_files
     from methods.data import CACHE_VERSION, load_qm9, sample_pool
-    from methods.library import featurize_block, missing_blocks
-    from methods.rl import generate_molecules
-    from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecules
-    from methods.surrogates import score_block, train_mpnn, train_surrogate
+    from methods.simulate import QCSpec
     from thinkers.proxies import close_proxy_store, open_proxy_store
     from thinkers.records import summarize
 
@@ -751,11 +760,10 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
             lines.append(f"Best: {summary['best'][0]['smiles']} {summary['best'][0]['value']:.4g} {spec.units}")
         return lines
 
+    topics, methods = task_methods(settings)
     return Assembly(
-        topics=TOPICS,
-        methods=[(evaluate_molecules, QC_EXECUTOR), (compute_atom_energies, QC_EXECUTOR),
-                 (train_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR), (generate_molecules, ML_EXECUTOR),
-                 (missing_blocks, ML_EXECUTOR), (featurize_block, ML_EXECUTOR), (score_block, ML_EXECUTOR)],
+        topics=topics,
+        methods=methods,
         build_thinker=build_thinker,
         summarize=lambda wall_time: summarize(run_dir, maximize=settings.maximize, n_workers=settings.qc_workers,
                                               wall_time=wall_time, extra=extra()),

@@ -1049,16 +1049,27 @@ def check(settings: Any) -> None:
         raise SettingsError(f"--molecules: {exc}") from exc
 
 
+def task_methods(settings: Any) -> tuple[tuple[str, ...], list[tuple[Any, str]]]:
+    """The queue topics and worker methods, known before any data is loaded (``run.py`` starts workers first)."""
+    from methods.ensemble import infer_energies
+    from methods.mlip import evaluate, train_potential
+    from methods.sampling import reference_trajectory, run_sampling
+    from methods.simulate import compute_energy_forces
+
+    return FF_TOPICS, [(compute_energy_forces, QC_EXECUTOR), (reference_trajectory, QC_EXECUTOR),
+                       (train_potential, ML_EXECUTOR), (run_sampling, ML_EXECUTOR), (infer_energies, ML_EXECUTOR),
+                       (evaluate, ML_EXECUTOR)]
+
+
 def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
     """The forcefield campaign's one assembly point: settings → task-server methods and a thinker factory.
 
     ``run.py`` has run :func:`check` on the settings first. A resumed run (``run_dir.attempt > 0``) takes its
     state over from ``train.db``, the records and the saved models (:class:`ForcefieldHistory`).
     """
-    from methods.ensemble import infer_energies
-    from methods.mlip import PotentialConfig, create_potential, evaluate, train_potential
-    from methods.sampling import displaced, reference_trajectory, run_sampling, starting_structures
-    from methods.simulate import QCSpec, compute_energy_forces
+    from methods.mlip import PotentialConfig, create_potential
+    from methods.sampling import displaced, starting_structures
+    from methods.simulate import QCSpec
 
     starts = starting_structures(settings.molecules)  # check() has vetted them
     spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis, seed=settings.seed,
@@ -1093,11 +1104,10 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) 
             shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)
 
     names = ", ".join(name for name, _ in starts)
+    topics, methods = task_methods(settings)
     return Assembly(
-        topics=FF_TOPICS,
-        methods=[(compute_energy_forces, QC_EXECUTOR), (reference_trajectory, QC_EXECUTOR),
-                 (train_potential, ML_EXECUTOR), (run_sampling, ML_EXECUTOR), (infer_energies, ML_EXECUTOR),
-                 (evaluate, ML_EXECUTOR)],
+        topics=topics,
+        methods=methods,
         build_thinker=build_thinker,
         summarize=lambda wall_time: summarize(run_dir, settings.qc_workers, settings.ml_workers, wall_time,
                                               extra=ledger.stats()),
