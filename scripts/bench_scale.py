@@ -150,8 +150,8 @@ def main() -> None:
                 times.append({"n_train": n, "train": trained - begin, "score": end - trained, "total": end - begin,
                               "model_bytes": size(model)})
                 print(f"{model_name} round {round_ + 1} ({n} training molecules): train {trained - begin:.1f} s, "
-                      f"score {library.size} in {end - trained:.1f} s, total {end - begin:.1f} s (model {size(model) / 1e3:.0f} kB, "
-                      f"sent by proxy)", flush=True)
+                      f"score {library.size} in {end - trained:.1f} s, total {end - begin:.1f} s "
+                      f"(model {size(model) / 1e3:.0f} kB, sent by proxy)", flush=True)
             later = [t["total"] for t in times[1:]] or [times[0]["total"]]
             results["rounds"][model_name] = {"rounds": times, "first_total": times[0]["total"],
                                              "later_median": float(np.median(later))}
