@@ -208,10 +208,11 @@ class CampaignSettings(CommonSettings):
     max_heavy_atoms: Annotated[int, Field(ge=2, le=30)] = Field(
         9, description="Largest molecule (heavy atoms) the RL generator may build"
     )
-    model: Literal["gc", "knn", "mpnn"] = Field(
+    model: Literal["gc", "knn", "mpnn", "auto"] = Field(
         "gc",
         description="Surrogate: group contributions with Bayesian ridge (gc), k-nearest neighbours "
-        "on Morgan fingerprints (knn), or an ensemble of message-passing neural networks (mpnn)",
+        "on Morgan fingerprints (knn), an ensemble of message-passing neural networks (mpnn), or each round "
+        "whichever of gc and knn has the lower cross-validated error on the results so far (auto)",
     )
     ensemble_size: Annotated[int, Field(ge=2)] = Field(
         4, description="MPNN ensemble members, each trained on a bootstrap resample as its own ml task"

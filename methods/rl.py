@@ -302,6 +302,10 @@ def generate_molecules(
         proposals (``smiles``, ``mean``, ``std``), the updated agent, and statistics for ``rl_records.jsonl``.
     """
     start = time.perf_counter()
+    from proxystore.proxy import Proxy, extract
+
+    if isinstance(agent, Proxy):  # sent by proxy: work on (and return) the object, not a reference to evict
+        agent = extract(agent)
     agent = agent or AgentState()
     sign = 1.0 if maximize else -1.0
     scale: dict[str, float] = {}

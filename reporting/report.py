@@ -205,6 +205,14 @@ def write_report(run_dir: Path | str, top_k: int = 100) -> Path:
               f"- QC: {params.get('qc_code')} {params.get('method') or ''} {params.get('basis') or ''}".rstrip(),
               f"- Surrogate: {params.get('model')}; QC workers {n_workers}; "
               f"{params.get('parallel_guesses')} tasks in flight"]
+    chosen = [t["chosen"] for t in training if t.get("chosen")]
+    if chosen:
+        lines.append("- `--model auto` chose " + ", ".join(f"{name} in {chosen.count(name)} rounds"
+                                                        for name in sorted(set(chosen))))
+    useless = [t for t in training if t.get("no_better_than_mean")]
+    if useless:
+        lines.append(f"- **Warning: in {len(useless)} of {len(training)} rounds the model did no better than "
+                     "predicting the mean (hold-out error); in those rounds the search was close to random.**")
     if summary:
         utilization = summary.get("qc_utilization")
         lines += [f"- Evaluations: {summary.get('evaluations')} ({summary.get('failures')} failed); "

@@ -55,3 +55,40 @@ def test_feature_shapes():
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model"):
         make_model("mpnn-xl")
+
+
+def test_auto_follows_the_data(qm9):
+    """Cross-validation picks group contributions for an additive property and neighbours for a similarity one."""
+    from rdkit import DataStructs
+    from rdkit.Chem import MolFromSmiles, rdFingerprintGenerator
+
+    from methods.surrogates import select_surrogate
+
+    rows = np.random.default_rng(11).choice(len(qm9), 300, replace=False)
+    smiles = qm9.smiles[rows].tolist()
+    additive = [float(s.upper().count("C") * 1.5 + s.upper().count("O") * -0.7 + s.count("N") * 0.3) for s in smiles]
+    model, stats = select_surrogate(smiles, additive)
+    assert stats["chosen"] == "gc" and model.name == "gc" and stats["margin"] > 0
+    assert stats["holdout_mae"] == stats["cv_mae"]["gc"] < stats["holdout_baseline_mae"]
+
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    anchors = [generator.GetFingerprint(MolFromSmiles(s)) for s in smiles[:5]]
+    similarity = [max(DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(MolFromSmiles(s)), anchors))
+                  for s in smiles]
+    model, stats = select_surrogate(smiles, similarity)
+    assert stats["chosen"] == "knn" and model.name == "knn", stats["cv_mae"]
+
+
+def test_a_model_no_better_than_the_mean_is_said_plainly(caplog):
+    from types import SimpleNamespace
+
+    from thinkers.design import DesignThinker
+
+    fake = SimpleNamespace(logger=__import__("logging").getLogger("test"), plan=SimpleNamespace(units="eV"))
+    record = {"model": "gc", "n_train": 50, "holdout_mae": 1.0, "holdout_baseline_mae": 1.01}
+    with caplog.at_level("WARNING"):
+        DesignThinker._judge(fake, record)
+    assert record["no_better_than_mean"] is True and "close to random" in caplog.text
+    good = {"model": "gc", "n_train": 50, "holdout_mae": 0.2, "holdout_baseline_mae": 1.0}
+    DesignThinker._judge(fake, good)
+    assert good["no_better_than_mean"] is False

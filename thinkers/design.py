@@ -483,24 +483,26 @@ class DesignThinker(SteeringThinker):
         all cached and goes straight to scoring. Runs on the generator thread while the initial molecules
         are at QC, so on a first run the QC workers are not kept waiting either.
         """
-        from methods.surrogates import MODELS
+        from methods.surrogates import AUTO_CANDIDATES, MODELS
 
-        kind = MODELS[self.plan.model].feature_kind
+        names = AUTO_CANDIDATES if self.plan.model == "auto" else (self.plan.model,)
+        kinds = sorted({MODELS[name].feature_kind for name in names})
         start = time.monotonic()
-        self.queues.send_inputs(self.library, [kind], method="missing_blocks", topic=ML_TOPIC)
+        self.queues.send_inputs(self.library, kinds, method="missing_blocks", topic=ML_TOPIC)
         answer = self._wait_for_ml(1)[0]
         if not answer.success:
             raise RuntimeError(f"cannot read the feature cache: {answer.failure_info.exception}")
-        missing = answer.value[kind]
-        for block in missing:
+        missing = [(kind, block) for kind in kinds for block in answer.value[kind]]
+        for kind, block in missing:
             rows = self.library.block_rows(block)
             self.queues.send_inputs(self.library, kind, block, self.pool_smiles[rows.start:rows.stop].tolist(),
                                     method="featurize_block", topic=ML_TOPIC)
         results = self._wait_for_ml(len(missing))
         self._note_sizes(results)
         failed = [r for r in results if not r.success]
+        kind = "+".join(kinds)
         record = {"library": self.library.key, "kind": kind, "molecules": self.library.size,
-                  "blocks": self.library.n_blocks, "blocks_computed": len(missing) - len(failed),
+                  "blocks": self.library.n_blocks * len(kinds), "blocks_computed": len(missing) - len(failed),
                   "blocks_failed": len(failed), "wall_time": time.monotonic() - start,
                   "compute_time": sum(r.time.running or 0.0 for r in results if r.success)}
         if failed:
@@ -510,7 +512,25 @@ class DesignThinker(SteeringThinker):
             raise RuntimeError(f"featurizing the search space failed: {record['failure_reason']}")
         if missing:
             logger.info("Featurized %d of %d blocks (%s, %d molecules) in %.1f s", len(missing),
-                        self.library.n_blocks, kind, self.library.size, record["wall_time"])
+                        record["blocks"], kind, self.library.size, record["wall_time"])
+
+    def _judge(self, record: dict[str, Any]) -> None:
+        """Say plainly when the model is no better than predicting the mean: the search is then close to random.
+
+        Judged on the hold-out (or cross-validated) error once there are at least 20 results; the record gets
+        ``no_better_than_mean`` and the log a warning each time it holds, so it cannot go unnoticed.
+        """
+        error, baseline = record.get("holdout_mae"), record.get("holdout_baseline_mae")
+        if error is None or baseline is None or record.get("n_train", 0) < 20:
+            return
+        record["no_better_than_mean"] = bool(error >= 0.95 * baseline)
+        if record["no_better_than_mean"]:
+            self.logger.warning("Model %s does no better than predicting the mean (hold-out error %.3g vs %.3g "
+                                "%s): the search is close to random", record.get("chosen", record.get("model")),
+                                error, baseline, self.plan.units)
+        if record.get("chosen"):
+            self.logger.info("auto: %s chosen (cross-validated error %s)", record["chosen"],
+                             ", ".join(f"{n} {e:.3g}" for n, e in record.get("cv_mae", {}).items()))
 
     def _note_sizes(self, results: list[Result]) -> int:
         """Track the largest ML message (inputs or result) of the run; returns the largest of these."""
@@ -561,13 +581,20 @@ class DesignThinker(SteeringThinker):
             exclude = sorted(self.attempted_smiles)
             ranked = sorted(self.database.items(), key=lambda kv: kv[1], reverse=self.plan.maximize)
         starts = ["C"] + [smiles for smiles, _ in ranked[:3]]  # grow from scratch, and edit the best found
-        self.queues.send_inputs(
-            self.rl_agent, model, self.plan.rl_episodes, self.plan.maximize, exclude,
-            method="generate_molecules", topic=ML_TOPIC,
-            input_kwargs={"n_propose": 2 * self.plan.generate_size, "max_heavy_atoms": self.plan.max_heavy_atoms,
-                          "start_smiles": starts, "seed": self.plan.seed + self._round},
-        )
-        result = self._wait_for_ml(1)[0]
+        agent = self.ledger.put(self.rl_agent) if self.rl_agent is not None else None  # ~1 MB of weights
+        try:
+            self.queues.send_inputs(
+                agent, model, self.plan.rl_episodes, self.plan.maximize, exclude,
+                method="generate_molecules", topic=ML_TOPIC,
+                input_kwargs={"n_propose": 2 * self.plan.generate_size,
+                              "max_heavy_atoms": self.plan.max_heavy_atoms, "start_smiles": starts,
+                              "seed": self.plan.seed + self._round},
+            )
+            result = self._wait_for_ml(1)[0]
+        finally:
+            if agent is not None:
+                self.ledger.retire(agent)
+        self._note_sizes([result])
         record: dict[str, Any] = {"round": self._round, "success": result.success, **task_timing(result)}
         if not result.success:
             record["failure_reason"] = result.failure_info.exception if result.failure_info else "unknown"
@@ -594,6 +621,8 @@ class DesignThinker(SteeringThinker):
                 seed = self.plan.seed + 1000 * self._round + member  # a new bootstrap every round
                 self.queues.send_inputs(smiles, values, method="train_mpnn", topic=ML_TOPIC,
                                         input_kwargs={"seed": seed, "epochs": self.plan.mpnn_epochs})
+        elif self.plan.model == "auto":
+            self.queues.send_inputs(smiles, values, self.plan.seed, method="select_surrogate", topic=ML_TOPIC)
         else:
             self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
                                     method="train_surrogate", topic=ML_TOPIC)
@@ -619,6 +648,7 @@ class DesignThinker(SteeringThinker):
         elif good:
             model, stats = good[0]
             record.update(stats)
+        self._judge(record)
         self.run_dir.records(TRAINING_RECORDS).write(record)
         if model is None:
             self.logger.error("Model training failed: %s", record.get("failure_reason"))
@@ -682,10 +712,11 @@ def task_methods(settings: Any) -> tuple[tuple[str, ...], list[tuple[Any, str]]]
     from methods.library import featurize_block, missing_blocks
     from methods.rl import generate_molecules
     from methods.simulate import compute_atom_energies, evaluate_molecules
-    from methods.surrogates import score_block, train_mpnn, train_surrogate
+    from methods.surrogates import score_block, select_surrogate, train_mpnn, train_surrogate
 
     return TOPICS, [(evaluate_molecules, QC_EXECUTOR), (compute_atom_energies, QC_EXECUTOR),
-                    (train_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR), (generate_molecules, ML_EXECUTOR),
+                    (train_surrogate, ML_EXECUTOR), (select_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR),
+                    (generate_molecules, ML_EXECUTOR),
                     (missing_blocks, ML_EXECUTOR), (featurize_block, ML_EXECUTOR), (score_block, ML_EXECUTOR)]
 
 
