@@ -129,7 +129,7 @@ def load_search_space(
         if path.is_dir():
             raise IsADirectoryError(str(path))
         key = _content_key(path, elements, max_heavy_atoms)
-        cached = _read_cached(path, key)
+        cached = _read_cached(path, key) if path.stat().st_size >= CACHE_MIN_BYTES else None
         if cached is not None:
             logger.info("%s %d molecules (checked before; cache %s)", prefix, len(cached.smiles), key)
             return cached
@@ -170,7 +170,8 @@ def load_search_space(
     if space.duplicates:
         logger.info("%s %d duplicate molecules dropped", prefix, space.duplicates)
     logger.info("%s %d molecules", prefix, len(space.smiles))
-    _write_cached(space)
+    if path.stat().st_size >= CACHE_MIN_BYTES:
+        _write_cached(space)
     return space
 
 
@@ -185,6 +186,9 @@ CHECK_BATCH = 20_000
 """Lines checked per batch; files larger than :data:`PARALLEL_BYTES` are checked on every core."""
 
 PARALLEL_BYTES = 4 << 20
+
+CACHE_MIN_BYTES = 256 << 10
+"""Files smaller than this are checked again each time (well under a second) instead of filling the cache."""
 
 CACHE_FORMAT = 1
 """Bumped whenever the checking rules change, so a cached result is never one made by other rules."""
