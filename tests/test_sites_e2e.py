@@ -39,7 +39,8 @@ TINY_DESIGN = ["--initial-count", "4", "--search-size", "4", "--qc-workers", "1"
 class PoolWatcher:
     """Samples the Parsl worker pools running during a test: their ancestors' names and network namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, marker: str = "") -> None:
+        self.marker = marker  # only pools whose command line names it (the test's own runs, not the machine's)
         self.pools: dict[int, dict] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -57,7 +58,7 @@ class PoolWatcher:
             for proc in psutil.process_iter(["pid", "name", "cmdline"]):
                 try:
                     cmdline = " ".join(proc.info["cmdline"] or [])
-                    if proc.pid in self.pools or "process_worker_pool" not in cmdline:
+                    if proc.pid in self.pools or "process_worker_pool" not in cmdline or self.marker not in cmdline:
                         continue
                     self.pools[proc.pid] = {
                         "ancestors": [p.name() for p in proc.parents()],
@@ -164,7 +165,7 @@ def test_run_sh_runs_unchanged_under_sbatch(tmp_path):
                              f"--output={log}", f"--chdir={ROOT}",
                              f"--export=ALL,TMPDIR={tmp_path},MOLSTEER_ACTIVATE=export PATH={VENV_BIN}:$PATH",
                              str(ROOT / "run.sh"), *TINY_DESIGN, "--runs-dir", str(runs))
-        with PoolWatcher() as watcher:
+        with PoolWatcher(marker=str(runs)) as watcher:
             state = cluster.wait(job, timeout=300)
         output = log.read_text() if log.exists() else ""
         assert state == "COMPLETED", output[-4000:] + cluster.logs()
