@@ -43,13 +43,16 @@ def test_bench_overhead():
 @pytest.mark.timeout(400)
 def test_bench_search_tiny():
     data = run_script("scripts/bench_search.py", "--pool-size", "3000", "--budget", "80", "--top-k", "10",
-                      "--initial-count", "10", "--seeds", "0")
-    assert data["objective"] == "ionization-energy" and data["budget"] == 80 and data["top_k"] == 10
-    assert data["pool"] == 3000
-    assert 0 <= data["recall_random"] <= 1 and 0 <= data["recall_mean"] <= 1
-    assert data["recall_curve_mean"]["1"] == data["recall_mean"]
+                      "--initial-count", "10", "--seeds", "0", "--models", "gc", "--acquisitions", "greedy")
+    assert data["budget"] == 80 and data["top_k"] == 10 and data["pool"] == 3000
+    assert not data["failed"] and not data["not_run"]
+    (found,) = data["combinations"]
+    (random,) = data["random"]
+    assert (found["objective"], found["model"], found["acquisition"]) == ("ionization-energy", "gc", "greedy")
+    assert 0 <= random["recall_mean"] <= 1 and 0 <= found["recall_mean"] <= 1
+    assert found["recall_curve_mean"]["1"] == found["recall_mean"]
     # A budget of 80 out of 3000 finds the top-10 far better than chance (expected 0.27 at random).
-    assert data["recall_mean"] > data["recall_random"]
+    assert found["recall_mean"] > random["recall_mean"]
 
 
 @pytest.mark.timeout(400)
