@@ -53,9 +53,10 @@ def _mols(smiles: Iterable[str]) -> list[Chem.Mol | None]:
 class GroupTable:
     """Group counts of many molecules: a sparse matrix (molecules × groups) and the groups' names.
 
-    Sparse because a library holds hundreds of distinct groups and each molecule only a few dozen: 1.6 million
-    drug-like molecules take about 200 MB this way and several GB dense. Each block of a library has its own
-    names; :meth:`dense` maps them onto a model's vocabulary.
+    Sparse because the vocabulary is open-ended while each molecule holds a few dozen groups: a library with
+    unusual chemistry can have far more groups than QM9's 79, and the storage should not grow with them (all of
+    MOSES, 84 groups, takes 138 MB on disk this way). Each block of a library has its own names; :meth:`dense`
+    maps them onto a model's vocabulary.
     """
 
     names: tuple[str, ...]
