@@ -48,8 +48,7 @@ class Surrogate(ABC):
 
         features = load_block(library, self.feature_kind, block)
         if rows is not None:
-            rows = np.asarray(rows, dtype=np.int64)
-            features = np.asarray(features[rows]) if isinstance(features, np.ndarray) else features.take(rows)
+            features = _rows(features, np.asarray(rows, dtype=np.int64))
         return self.predict_features(features)
 
     def fit(self, smiles: Sequence[str], values: Sequence[float]) -> Surrogate:
@@ -182,7 +181,7 @@ class KNNModel(Surrogate):
             raise RuntimeError("KNNModel.predict called before fit")
         features = load_block(library, self.feature_kind, block)
         if rows is not None and len(rows) < BLOCK_STATE_MIN * len(features):
-            return self.predict_features(np.asarray(features[np.asarray(rows, dtype=np.int64)]))
+            return self.predict_features(_rows(features, np.asarray(rows, dtype=np.int64)))
         n = len(self.train_bits)
         path = block_state_path(library, f"knn{self.k}-{self._digest(1)}", block)  # one file per lineage
         sims = index = None
@@ -287,7 +286,7 @@ def make_model(name: str) -> Surrogate:
 
 def _rows(features: Any, rows: np.ndarray) -> Any:
     """Rows of a feature matrix or table (a NumPy array or a :class:`GroupTable`)."""
-    return features[rows] if isinstance(features, np.ndarray) else features.take(rows)
+    return np.asarray(features[rows]) if isinstance(features, np.ndarray) else features.take(rows)
 
 
 def train_surrogate(

@@ -500,8 +500,7 @@ class DesignThinker(SteeringThinker):
         results = self._wait_for_ml(len(missing))
         self._note_sizes(results)
         failed = [r for r in results if not r.success]
-        kind = "+".join(kinds)
-        record = {"library": self.library.key, "kind": kind, "molecules": self.library.size,
+        record = {"library": self.library.key, "kind": "+".join(kinds), "molecules": self.library.size,
                   "blocks": self.library.n_blocks * len(kinds), "blocks_computed": len(missing) - len(failed),
                   "blocks_failed": len(failed), "wall_time": time.monotonic() - start,
                   "compute_time": sum(r.time.running or 0.0 for r in results if r.success)}
@@ -512,7 +511,7 @@ class DesignThinker(SteeringThinker):
             raise RuntimeError(f"featurizing the search space failed: {record['failure_reason']}")
         if missing:
             logger.info("Featurized %d of %d blocks (%s, %d molecules) in %.1f s", len(missing),
-                        record["blocks"], kind, self.library.size, record["wall_time"])
+                        record["blocks"], record["kind"], self.library.size, record["wall_time"])
 
     def _judge(self, record: dict[str, Any]) -> None:
         """Say plainly when the model is no better than predicting the mean: the search is then close to random.
