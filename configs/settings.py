@@ -217,7 +217,16 @@ class CampaignSettings(CommonSettings):
     ensemble_size: Annotated[int, Field(ge=2)] = Field(
         4, description="MPNN ensemble members, each trained on a bootstrap resample as its own ml task"
     )
-    mpnn_epochs: Annotated[int, Field(gt=0)] = Field(64, description="Training epochs of each MPNN member")
+    mpnn_epochs: Annotated[int, Field(gt=0)] = Field(
+        64, description="Training epochs of each MPNN member trained from random weights (the first round)"
+    )
+    mpnn_warm_epochs: Annotated[int, Field(ge=0)] = Field(
+        8, description="Epochs of each MPNN member in later rounds, continuing from its previous weights on "
+        "all results so far (0: every round trains from random weights for --mpnn-epochs)",
+    )
+    mpnn_width: Annotated[int, Field(ge=8, le=512)] = Field(
+        32, description="Width of the MPNN's atom states (chosen by scripts/cv_mpnn.py; see README)"
+    )
     acquisition: Literal["greedy", "ucb", "ei"] = Field(
         "greedy",
         description="How predictions become a ranking: the mean (greedy), mean + beta*std (ucb), or expected "

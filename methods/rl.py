@@ -291,6 +291,7 @@ def generate_molecules(
     max_heavy_atoms: int = 9,
     start_smiles: Sequence[str] = ("C",),
     seed: int = 0,
+    result_store: Any | None = None,
 ) -> tuple[list[dict[str, Any]], AgentState, dict[str, Any]]:
     """The ``ml`` task of ``--generator rl``: train the agent on the surrogate's reward, propose molecules.
 
@@ -298,8 +299,23 @@ def generate_molecules(
     molecules visited so the Q-network sees values of order one. Proposals are the best-rewarded distinct
     molecules the agent visited that have not been evaluated, with the model's mean and std.
 
+    Args:
+        agent: The agent from the previous round (or its proxy); None starts a new one.
+        model: The round's surrogate (its ``predict`` is the reward).
+        episodes: Episodes to run this round.
+        maximize: Whether a larger prediction is better.
+        exclude: Molecules already evaluated, never proposed again.
+        n_propose: Proposals to return.
+        max_heavy_atoms: Largest molecule the agent may build.
+        start_smiles: Molecules the episodes start from (grown or edited).
+        seed: Seed of the episodes' random choices.
+        result_store: Configuration of the run's ProxyStore store. When given, the updated agent (about
+            1.2 MB of Q-network weights) goes back as a proxy that is evicted once the thinker resolves it,
+            so no result message carries it.
+
     Returns:
-        proposals (``smiles``, ``mean``, ``std``), the updated agent, and statistics for ``rl_records.jsonl``.
+        proposals (``smiles``, ``mean``, ``std``), the updated agent (or its proxy), and statistics for
+        ``rl_records.jsonl``.
     """
     start = time.perf_counter()
     from proxystore.proxy import Proxy, extract
@@ -339,4 +355,8 @@ def generate_molecules(
         "valid_fraction": float(np.mean([is_valid(p["smiles"]) for p in proposals])) if proposals else None,
         "time": time.perf_counter() - start,
     }
+    if result_store is not None:
+        from proxystore.store import get_or_create_store
+
+        return proposals, get_or_create_store(result_store).proxy(agent, evict=True), stats
     return proposals, agent, stats

@@ -72,7 +72,10 @@ def main() -> None:
                         help="molecules added to the training set each round, as QC results arrive")
     parser.add_argument("--ml-workers", type=int, default=2)
     parser.add_argument("--ensemble-size", type=int, default=4)
-    parser.add_argument("--mpnn-epochs", type=int, default=64)
+    parser.add_argument("--mpnn-epochs", type=int, default=64, help="epochs of the first round's members")
+    parser.add_argument("--mpnn-warm-epochs", type=int, default=8,
+                        help="epochs of later rounds' members, continuing from the previous round's (0: from scratch)")
+    parser.add_argument("--mpnn-width", type=int, default=32)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -127,14 +130,21 @@ def main() -> None:
                   + (f" = {wall / computed * 1e6:.0f} s per million" if computed else " (all cached)"), flush=True)
 
             times = []
+            previous: list = []
             for round_ in range(args.rounds):
                 n = args.n_train + round_ * args.new_per_round  # the training set grows at its end
                 round_smiles, round_values = train_smiles[:n], train_values[:n]
                 begin = time.perf_counter()
-                if model_name == "mpnn":
-                    members = [apps["train_mpnn"](round_smiles, round_values, seed=round_ * 100 + k,
-                                                  epochs=args.mpnn_epochs) for k in range(args.ensemble_size)]
-                    model = MPNNEnsemble(members=[m.result() for m in members])
+                if model_name == "mpnn":  # as the campaign does: later rounds continue from the last members
+                    warm = [ledger.put(m) for m in previous] if args.mpnn_warm_epochs else []
+                    members = [apps["train_mpnn"](
+                        round_smiles, round_values, seed=round_ * 100 + k, hidden=args.mpnn_width,
+                        **({"initial": warm[k], "epochs": args.mpnn_warm_epochs} if warm else
+                           {"epochs": args.mpnn_epochs})) for k in range(args.ensemble_size)]
+                    previous = [m.result() for m in members]
+                    for handle in warm:
+                        ledger.retire(handle)
+                    model = MPNNEnsemble(members=previous)
                 else:
                     model, _ = apps["train_surrogate"](model_name, round_smiles, round_values, round_).result()
                 trained = time.perf_counter()

@@ -153,3 +153,41 @@ def test_thinker_keeps_slots_full_and_stops_at_budget(tmp_path, qm9, qc_batch):
     assert summary["failures"] == len(failures)
     assert summary["best"][0]["value"] == max(r["value"] for r in records if r["success"])
     assert 0 < summary["qc_utilization"] <= 1
+
+
+_RELEASE_TRAINING = threading.Event()
+
+
+def lost_training(*args, **kwargs):
+    """A training task whose result never comes back while the campaign runs (a worker or server lost)."""
+    _RELEASE_TRAINING.wait(120)
+    raise RuntimeError("released by the test")
+
+
+lost_training.__name__ = "train_surrogate"  # served under the name the thinker asks for
+
+
+def test_generator_waiting_for_a_lost_ml_task_does_not_outlive_the_campaign(tmp_path, qm9):
+    """The budget is spent while a training result is outstanding: the thinker still stops (run.py exits)."""
+    plan = DesignPlan(total_evaluations=12, initial_count=12, parallel_guesses=3, qc_batch=1, generate_size=8,
+                      retrain_after=4, ml_workers=1, model="gc", maximize=True, seed=1)
+    pool_rows = np.random.default_rng(0).choice(len(qm9), 3000, replace=False)
+    queues = ThreadSafePipeQueues(topics=TOPICS)
+    methods = [evaluate_molecules, lost_training, missing_blocks, featurize_block, score_block]
+    server = LocalTaskServer(queues, methods, threads=True, num_workers=4)
+    run_dir = RunDirectory.create(tmp_path, {"test": "lost"})
+    thinker = DesignThinker(queues, plan, run_dir, Library(f"qm9-v{CACHE_VERSION}", len(qm9)), qm9.smiles, pool_rows,
+                            (0.05, "F"))
+    server.start()
+    try:
+        thinker.start()
+        thinker.join(timeout=90)
+        stuck = thinker.is_alive()
+    finally:
+        _RELEASE_TRAINING.set()
+        queues.send_kill_signal()
+        server.join(timeout=30)
+    run_dir.close()
+    assert not stuck, "the generator kept waiting for an ml result after the campaign ended"
+    assert len(run_dir.read_records(SIMULATION_RECORDS)) == plan.total_evaluations
+    assert run_dir.read_records(TRAINING_RECORDS) == []  # the training never returned: nothing was made up

@@ -270,8 +270,15 @@ def test_full_design_loop_rl_generator_mpnn_ensemble_ucb(tmp_path):
     assert all(r["valid_fraction"] == 1.0 and r["molecules_proposed"] > 0 for r in rl)
     training = read_jsonl(run_dir / "training_records.jsonl")
     assert all(t["model"] == "mpnn" and len(t["members"]) == 2 for t in training)
+    assert len(training) >= 2
+    assert not any(m["warm_start"] for m in training[0]["members"])  # the first round starts from scratch,
+    assert all(m["warm_start"] for t in training[1:] for m in t["members"])  # later ones continue from it
     screening = read_jsonl(run_dir / "screening_records.jsonl")
     assert all(s["generator"] == "rl" and s["acquisition"] == "ucb" for s in screening)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The agent (~1.2 MB of weights) goes to its task and comes back by proxy; every proxy is evicted.
+    assert 0 < summary["largest_ml_message"] < 1 << 20
+    assert summary["proxies_live"] == 0
     records = read_jsonl(run_dir / "simulation_records.jsonl")
     assert len(records) == 10
     assert any(r["source"] == "model" for r in records)

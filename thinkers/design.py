@@ -27,6 +27,7 @@ from colmena.exceptions import TimeoutException
 from colmena.models import Result
 from colmena.queue.base import ColmenaQueues
 from colmena.thinker import ResourceCounter, agent, result_processor, task_submitter
+from proxystore.proxy import Proxy, extract
 
 from configs.names import ML_EXECUTOR, ML_TOPIC, QC_EXECUTOR, SIMULATION_TOPIC, TOPICS
 from methods.acquisition import acquire
@@ -118,6 +119,10 @@ def candidate(smiles: str, row: int, batch: int, rank: int, score: float | None 
     return Candidate((first, rank), smiles, row, batch, rank, score)
 
 
+class CampaignStopped(Exception):
+    """The campaign ended while the generator was waiting for ``ml`` results."""
+
+
 @dataclass(frozen=True)
 class DesignPlan:
     """What the thinker needs to know about the campaign, independent of how the settings were given."""
@@ -137,6 +142,8 @@ class DesignPlan:
     beta: float = 1.0
     ensemble_size: int = 4
     mpnn_epochs: int = 64
+    mpnn_warm_epochs: int = 8
+    mpnn_width: int = 32
     generator: str = "pool"
     rl_episodes: int = 10
     max_heavy_atoms: int = 9
@@ -205,6 +212,7 @@ class DesignThinker(SteeringThinker):
         self._state = threading.Condition()
         self._trained_on = 0
         self._round = 0
+        self._mpnn_members: list[Any] = []  # the last trained MPNN ensemble, which the next round continues from
         self._batches = itertools.count()
 
         self._done_at_training = 0
@@ -263,13 +271,20 @@ class DesignThinker(SteeringThinker):
         return value > than if self.plan.maximize else value < than
 
     def _wait_for_ml(self, n_tasks: int) -> list[Result]:
-        """Collect ``n_tasks`` results from the ML topic; always drains them, so the queues stay consistent."""
+        """Collect ``n_tasks`` results from the ML topic; always drains them, so the queues stay consistent.
+
+        Raises:
+            CampaignStopped: the campaign ended (budget spent, interrupted) while results were still awaited.
+                What they would have produced can no longer be used, and a task lost with the task server
+                would otherwise keep the generator, and so ``run.py``, waiting for ever.
+        """
         results = []
         while len(results) < n_tasks:
             try:
                 results.append(self.queues.get_result(topic=ML_TOPIC, timeout=1))
             except TimeoutException:
-                continue
+                if self.done.is_set():
+                    raise CampaignStopped(f"{n_tasks - len(results)} of {n_tasks} ml results not awaited") from None
         return results
 
     # --- consumer: keep the QC workers busy ------------------------------------------------------------
@@ -411,6 +426,12 @@ class DesignThinker(SteeringThinker):
         Proposals come from screening the pool or from the RL agent; the acquisition function ranks them,
         and the best become the newest batch of the task queue.
         """
+        try:
+            self._generate()
+        except CampaignStopped as stopped:
+            self.logger.info("Campaign over while the generator waited: %s", stopped)
+
+    def _generate(self) -> None:
         if self.plan.generator == "pool":  # while the first QC results arrive, the ml workers featurize
             self._prepare_features()
         while self._wait_for_new_data():
@@ -587,7 +608,8 @@ class DesignThinker(SteeringThinker):
                 method="generate_molecules", topic=ML_TOPIC,
                 input_kwargs={"n_propose": 2 * self.plan.generate_size,
                               "max_heavy_atoms": self.plan.max_heavy_atoms, "start_smiles": starts,
-                              "seed": self.plan.seed + self._round},
+                              "seed": self.plan.seed + self._round,
+                              "result_store": self.ledger.store.config() if self.ledger.store else None},
             )
             result = self._wait_for_ml(1)[0]
         finally:
@@ -600,7 +622,9 @@ class DesignThinker(SteeringThinker):
             self.run_dir.records(RL_RECORDS).write(record)
             self.logger.error("RL generation failed: %s", record["failure_reason"])
             return np.array([], dtype=str), np.zeros(0), None
-        proposals, self.rl_agent, stats = result.value
+        proposals, agent_back, stats = result.value
+        # The updated agent came back by proxy (evicted as it is resolved here), or by value without a store.
+        self.rl_agent = extract(agent_back) if isinstance(agent_back, Proxy) else agent_back
         self.run_dir.write_pickle(RL_AGENT_FILE, self.rl_agent)  # a resume continues with what it has learned
         self.run_dir.records(RL_RECORDS).write({**record, **stats,
                                                 "top": proposals[:10]})
@@ -615,17 +639,22 @@ class DesignThinker(SteeringThinker):
         Returns the trained model, or None when training failed (recorded; the generator waits for more data).
         """
         self._round += 1
+        warm: list[Any] = []  # last round's members, by proxy, for the members that continue from them
         if self.plan.model == "mpnn":
+            previous = self._mpnn_members if self.plan.mpnn_warm_epochs > 0 else []
             for member in range(self.plan.ensemble_size):
                 seed = self.plan.seed + 1000 * self._round + member  # a new bootstrap every round
-                self.queues.send_inputs(smiles, values, method="train_mpnn", topic=ML_TOPIC,
-                                        input_kwargs={"seed": seed, "epochs": self.plan.mpnn_epochs})
-        elif self.plan.model == "auto":
-            self.queues.send_inputs(smiles, values, self.plan.seed, method="select_surrogate", topic=ML_TOPIC)
-        else:
-            self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
-                                    method="train_surrogate", topic=ML_TOPIC)
-        results = self._wait_for_ml(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
+                kwargs: dict[str, Any] = {"seed": seed, "epochs": self.plan.mpnn_epochs,
+                                          "hidden": self.plan.mpnn_width}
+                if member < len(previous):
+                    warm.append(self.ledger.put(previous[member]))
+                    kwargs.update(initial=warm[-1], epochs=self.plan.mpnn_warm_epochs)
+                self.queues.send_inputs(smiles, values, method="train_mpnn", topic=ML_TOPIC, input_kwargs=kwargs)
+        try:
+            results = self._wait_for_ml(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
+        finally:
+            for handle in warm:
+                self.ledger.retire(handle)
         self._note_sizes(results)
         record: dict[str, Any] = {"round": self._round, "model": self.plan.model, "n_train": len(smiles),
                                   "success": all(r.success for r in results),
@@ -639,6 +668,7 @@ class DesignThinker(SteeringThinker):
             from methods.surrogates import MPNNEnsemble
 
             model = MPNNEnsemble(members=good)
+            self._mpnn_members = good
             for key in ("oob_mae", "oob_baseline_mae"):
                 scores = [m.stats[key] for m in good if key in m.stats]
                 if scores:
