@@ -650,6 +650,11 @@ class DesignThinker(SteeringThinker):
                     warm.append(self.ledger.put(previous[member]))
                     kwargs.update(initial=warm[-1], epochs=self.plan.mpnn_warm_epochs)
                 self.queues.send_inputs(smiles, values, method="train_mpnn", topic=ML_TOPIC, input_kwargs=kwargs)
+        elif self.plan.model == "auto":
+            self.queues.send_inputs(smiles, values, self.plan.seed, method="select_surrogate", topic=ML_TOPIC)
+        else:
+            self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
+                                    method="train_surrogate", topic=ML_TOPIC)
         try:
             results = self._wait_for_ml(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
         finally:
