@@ -212,6 +212,7 @@ class DesignThinker(SteeringThinker):
         self._state = threading.Condition()
         self._trained_on = 0
         self._round = 0
+        self._ml_out: set[str] = set()  # ml requests sent whose results have not been taken yet
         self._mpnn_members: list[Any] = []  # the last trained MPNN ensemble, which the next round continues from
         self._batches = itertools.count()
 
@@ -270,6 +271,28 @@ class DesignThinker(SteeringThinker):
     def _is_better(self, value: float, than: float) -> bool:
         return value > than if self.plan.maximize else value < than
 
+    def _send_ml(self, *args: Any, **kwargs: Any) -> None:
+        """Send one ``ml`` request, remembering it until its result is taken (see :meth:`_forget_ml`)."""
+        task_id = self.queues.send_inputs(*args, topic=ML_TOPIC, **kwargs)
+        with self._state:
+            self._ml_out.add(task_id)
+
+    def _forget_ml(self) -> None:
+        """Stop counting the ``ml`` requests whose results will not be awaited any more.
+
+        Colmena's result processors run until every request sent is answered. An ``ml`` task that never
+        returns (lost with its worker, or still running when the QC budget is spent) would keep the QC
+        result processor, and so the run, alive for ever. Colmena has no public call for this; its client
+        keeps the outstanding task ids in ``_active_tasks`` (colmena 0.7.2).
+        """
+        with self._state:
+            outstanding, self._ml_out = self._ml_out, set()
+        queues = self.queues
+        with queues._active_lock:
+            queues._active_tasks.difference_update(outstanding)
+            if not queues._active_tasks:
+                queues._all_complete.set()
+
     def _wait_for_ml(self, n_tasks: int) -> list[Result]:
         """Collect ``n_tasks`` results from the ML topic; always drains them, so the queues stay consistent.
 
@@ -282,6 +305,8 @@ class DesignThinker(SteeringThinker):
         while len(results) < n_tasks:
             try:
                 results.append(self.queues.get_result(topic=ML_TOPIC, timeout=1))
+                with self._state:
+                    self._ml_out.discard(results[-1].task_id)
             except TimeoutException:
                 if self.done.is_set():
                     raise CampaignStopped(f"{n_tasks - len(results)} of {n_tasks} ml results not awaited") from None
@@ -430,6 +455,7 @@ class DesignThinker(SteeringThinker):
             self._generate()
         except CampaignStopped as stopped:
             self.logger.info("Campaign over while the generator waited: %s", stopped)
+            self._forget_ml()
 
     def _generate(self) -> None:
         if self.plan.generator == "pool":  # while the first QC results arrive, the ml workers featurize
@@ -509,15 +535,15 @@ class DesignThinker(SteeringThinker):
         names = AUTO_CANDIDATES if self.plan.model == "auto" else (self.plan.model,)
         kinds = sorted({MODELS[name].feature_kind for name in names})
         start = time.monotonic()
-        self.queues.send_inputs(self.library, kinds, method="missing_blocks", topic=ML_TOPIC)
+        self._send_ml(self.library, kinds, method="missing_blocks")
         answer = self._wait_for_ml(1)[0]
         if not answer.success:
             raise RuntimeError(f"cannot read the feature cache: {answer.failure_info.exception}")
         missing = [(kind, block) for kind in kinds for block in answer.value[kind]]
         for kind, block in missing:
             rows = self.library.block_rows(block)
-            self.queues.send_inputs(self.library, kind, block, self.pool_smiles[rows.start:rows.stop].tolist(),
-                                    method="featurize_block", topic=ML_TOPIC)
+            self._send_ml(self.library, kind, block, self.pool_smiles[rows.start:rows.stop].tolist(),
+                          method="featurize_block")
         results = self._wait_for_ml(len(missing))
         self._note_sizes(results)
         failed = [r for r in results if not r.success]
@@ -576,8 +602,8 @@ class DesignThinker(SteeringThinker):
             block = int(group[0] // BLOCK)
             local = (group - block * BLOCK).astype(np.int32)
             whole = len(local) == len(self.library.block_rows(block))
-            self.queues.send_inputs(model, self.library, block, None if whole else local, method="score_block",
-                                    topic=ML_TOPIC, task_info={"block": block})
+            self._send_ml(model, self.library, block, None if whole else local, method="score_block",
+                          task_info={"block": block})
         scored = self._wait_for_ml(len(groups))
         self._last_round_largest = self._note_sizes(scored)
         failed = [r for r in scored if not r.success]
@@ -603,9 +629,9 @@ class DesignThinker(SteeringThinker):
         starts = ["C"] + [smiles for smiles, _ in ranked[:3]]  # grow from scratch, and edit the best found
         agent = self.ledger.put(self.rl_agent) if self.rl_agent is not None else None  # ~1 MB of weights
         try:
-            self.queues.send_inputs(
+            self._send_ml(
                 agent, model, self.plan.rl_episodes, self.plan.maximize, exclude,
-                method="generate_molecules", topic=ML_TOPIC,
+                method="generate_molecules",
                 input_kwargs={"n_propose": 2 * self.plan.generate_size,
                               "max_heavy_atoms": self.plan.max_heavy_atoms, "start_smiles": starts,
                               "seed": self.plan.seed + self._round,
@@ -649,12 +675,11 @@ class DesignThinker(SteeringThinker):
                 if member < len(previous):
                     warm.append(self.ledger.put(previous[member]))
                     kwargs.update(initial=warm[-1], epochs=self.plan.mpnn_warm_epochs)
-                self.queues.send_inputs(smiles, values, method="train_mpnn", topic=ML_TOPIC, input_kwargs=kwargs)
+                self._send_ml(smiles, values, method="train_mpnn", input_kwargs=kwargs)
         elif self.plan.model == "auto":
-            self.queues.send_inputs(smiles, values, self.plan.seed, method="select_surrogate", topic=ML_TOPIC)
+            self._send_ml(smiles, values, self.plan.seed, method="select_surrogate")
         else:
-            self.queues.send_inputs(self.plan.model, smiles, values, self.plan.seed,
-                                    method="train_surrogate", topic=ML_TOPIC)
+            self._send_ml(self.plan.model, smiles, values, self.plan.seed, method="train_surrogate")
         try:
             results = self._wait_for_ml(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
         finally:
