@@ -4,7 +4,8 @@ A campaign retrains the ensemble every round on a training set that grows by a f
 script measures, on random QM9 molecules (never the benchmark's top-k: the folds are random), the hold-out
 error of:
 
-* ``cold``: a member trained from random weights for ``--epochs`` epochs, at each ``--widths`` width;
+* ``cold``: a member trained from random weights for ``--epochs`` epochs, at each ``--widths`` width and
+  number of message-passing ``--steps``;
 * ``warm-E``: a member trained first on all but the last ``--new`` training molecules, then continued from
   those weights on all of them for E epochs (E in ``--warm-epochs``), which is what a campaign round does
   from its second round on;
@@ -59,15 +60,15 @@ def cross_validate(args: argparse.Namespace) -> list[dict]:
         test_smiles = [str(qm9.smiles[i]) for i in test]
         y_train, y_test = values[train], values[test]
         baseline = float(np.mean(np.abs(y_test - y_train.mean())))
-        for width in args.widths:
+        for width, steps in [(w, t) for w in args.widths for t in args.steps]:
             start = time.perf_counter()
-            member = train_mpnn(train_smiles, list(y_train), seed=k, epochs=args.epochs, hidden=width,
+            member = train_mpnn(train_smiles, list(y_train), seed=k, epochs=args.epochs, hidden=width, steps=steps,
                                 batch_size=args.batch_size)
-            results.append({"fold": k, "mode": "cold", "width": width, "epochs": args.epochs,
+            results.append({"fold": k, "mode": "cold", "width": width, "steps": steps, "epochs": args.epochs,
                             "seconds": time.perf_counter() - start, "mae": hold_out_mae(member, test_smiles, y_test),
                             "baseline_mae": baseline, "n_train": len(train)})
             print(json.dumps(results[-1]), flush=True)
-            if width != args.warm_width:
+            if width != args.warm_width or steps != args.steps[0] or not args.warm_epochs:
                 continue
             # Last round's member: the same recipe on the training set minus its newest molecules.
             earlier = train_mpnn(train_smiles[:-args.new], list(y_train[:-args.new]), seed=k + 100,
@@ -76,7 +77,7 @@ def cross_validate(args: argparse.Namespace) -> list[dict]:
                 start = time.perf_counter()
                 member = train_mpnn(train_smiles, list(y_train), seed=k + 200, epochs=epochs, initial=earlier,
                                     batch_size=args.batch_size)
-                results.append({"fold": k, "mode": f"warm-{epochs}", "width": width, "epochs": epochs,
+                results.append({"fold": k, "mode": f"warm-{epochs}", "width": width, "steps": steps, "epochs": epochs,
                                 "seconds": time.perf_counter() - start,
                                 "mae": hold_out_mae(member, test_smiles, y_test), "baseline_mae": baseline,
                                 "n_train": len(train)})
@@ -86,9 +87,9 @@ def cross_validate(args: argparse.Namespace) -> list[dict]:
 
 def summarize(results: list[dict]) -> dict[str, dict]:
     table: dict[str, dict] = {}
-    for key in sorted({(r["mode"], r["width"]) for r in results}):
-        rows = [r for r in results if (r["mode"], r["width"]) == key]
-        table[f"{key[0]} width {key[1]}"] = {
+    for key in sorted({(r["mode"], r["width"], r["steps"]) for r in results}):
+        rows = [r for r in results if (r["mode"], r["width"], r["steps"]) == key]
+        table[f"{key[0]} width {key[1]} steps {key[2]}"] = {
             "mae_mean": float(np.mean([r["mae"] for r in rows])),
             "mae_per_fold": [round(r["mae"], 4) for r in rows],
             "baseline_mae_mean": float(np.mean([r["baseline_mae"] for r in rows])),
@@ -109,7 +110,7 @@ def inference_speed(args: argparse.Namespace) -> list[dict]:
     graphs = graphs.take(np.arange(min(args.speed_molecules, graphs.n_graphs)))
     out = []
     for width in args.widths:
-        model, forward = _model_for(width, 3)
+        model, forward = _model_for(width, args.steps[0])
         for batch_size in args.batch_sizes:
             timings = []
             for _ in range(2):  # the first pass traces the function
@@ -135,7 +136,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=64, help="epochs of a member trained from scratch")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warm-width", type=int, default=32, help="width at which continued training is tried")
-    parser.add_argument("--warm-epochs", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--steps", type=int, nargs="+", default=[3], help="message-passing rounds to compare")
+    parser.add_argument("--warm-epochs", type=int, nargs="*", default=[8, 16])
     parser.add_argument("--new", type=int, default=32, help="molecules added since the previous round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cv", action="store_true", help="only measure inference speed")
