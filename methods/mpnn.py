@@ -237,7 +237,7 @@ def train_mpnn(
     bootstrap: bool = True,
     epochs: int = 64,
     hidden: int = 32,
-    steps: int = 3,
+    steps: int = 2,
     batch_size: int = 32,
     initial: MPNNWeights | None = None,
 ) -> MPNNWeights:

@@ -15,7 +15,9 @@ batch size, on a cached library block when one is given (``--graphs``), else on 
 
 Usage::
 
-    python scripts/cv_mpnn.py                      # ionization energy, 3 folds of 1200 molecules
+    python scripts/cv_mpnn.py --widths 32 64 --steps 3 --warm-epochs 8 16   # width; continued training
+    python scripts/cv_mpnn.py --steps 3 2 --warm-epochs                      # message-passing rounds
+    python scripts/cv_mpnn.py --objective atomization-energy --steps 3 2 --warm-epochs
     python scripts/cv_mpnn.py --speed --graphs ~/.cache/molsteer/libraries/<key>/graphs-v1-00000.npz
 
 The last line printed is one JSON object with every measurement.
@@ -136,7 +138,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=64, help="epochs of a member trained from scratch")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warm-width", type=int, default=32, help="width at which continued training is tried")
-    parser.add_argument("--steps", type=int, nargs="+", default=[3], help="message-passing rounds to compare")
+    parser.add_argument("--steps", type=int, nargs="+", default=[2], help="message-passing rounds to compare")
     parser.add_argument("--warm-epochs", type=int, nargs="*", default=[8, 16])
     parser.add_argument("--new", type=int, default=32, help="molecules added since the previous round")
     parser.add_argument("--seed", type=int, default=0)
