@@ -209,7 +209,7 @@ class CampaignSettings(CommonSettings):
         9, description="Largest molecule (heavy atoms) the RL generator may build"
     )
     model: Literal["gc", "knn", "mpnn", "auto"] = Field(
-        "gc",
+        "auto",
         description="Surrogate: group contributions with Bayesian ridge (gc), k-nearest neighbours "
         "on Morgan fingerprints (knn), an ensemble of message-passing neural networks (mpnn), or each round "
         "whichever of gc and knn has the lower cross-validated error on the results so far (auto)",
