@@ -239,11 +239,39 @@ def _molecule(structure: Structure, charge: int, multiplicity: int, schema=qcel.
 
 
 def _failure_reason(result: Any) -> str:
+    """One line saying why QCEngine failed: its error category, the cause, then the tail of the message.
+
+    A harness that raised inside QCEngine leaves a Python traceback as the message; its last exception
+    (what a user needs) is put first, since only the first words are shown in ``summary.json``. The tail
+    is kept because NWChem puts its cause near the end of a long output.
+    """
     error = getattr(result, "error", None)
     if error is None:
         return "QCEngine returned no result and no error"
-    message = " ".join(str(error.error_message).split())
-    return f"{spec_error_type(error)}: {message[-1000:]}"  # NWChem puts the cause near the end
+    text = str(error.error_message)
+    message = " ".join(text.split())
+    tail = message if len(message) <= 1000 else "…" + message[-1000:]
+    cause = traceback_cause(text)
+    if cause is None:
+        return f"{spec_error_type(error)}: {tail}"
+    return f"{spec_error_type(error)}: {cause} | {tail}"
+
+
+def traceback_cause(text: str) -> str | None:
+    """The final exception of a Python traceback in ``text`` (``"ValueError: …"``), or None if it has none.
+
+    In a traceback the exception is what follows the last ``File "…", line N`` entry, after that entry's
+    indented source and caret lines.
+    """
+    lines = text.splitlines()
+    if not any("Traceback (most recent call last)" in line for line in lines):
+        return None
+    last_frame = max((i for i, line in enumerate(lines) if line.lstrip().startswith('File "')), default=-1)
+    rest = lines[last_frame + 1:]
+    while rest and (not rest[0].strip() or rest[0][:1].isspace()):
+        rest = rest[1:]  # the frame's source line and its ^^^^ markers
+    cause = " ".join(" ".join(rest).split())
+    return cause or None
 
 
 def spec_error_type(error: Any) -> str:

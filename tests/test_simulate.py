@@ -5,8 +5,15 @@ import math
 import pytest
 
 from configs.settings import load_qc_config
-from methods.simulate import QCSpec, compute_atom_energies, evaluate_molecule, evaluate_molecules
+from methods.simulate import (
+    QCSpec,
+    compute_atom_energies,
+    evaluate_molecule,
+    evaluate_molecules,
+    traceback_cause,
+)
 from tests.conftest import needs_nwchem
+from thinkers.records import count_failure_reasons
 
 XTB = {"code": "xtb", "method": "GFN2-xTB"}
 NWCHEM_HF = {"code": "nwchem", "method": "hf", "basis": "sto-3g"}
@@ -57,6 +64,27 @@ def test_failures_are_recorded_with_their_reason():
 
 
 @needs_nwchem
+def test_a_harness_that_raises_is_recorded_by_its_cause_first():
+    """xtb-python's harness raises on this hypofluorite's cation; the reason leads with the exception, not the
+    traceback, so the 160 characters that ``summary.json`` and the report show say what went wrong."""
+    record = evaluate_molecules(["O=C(OF)C(F)(F)F"], QCSpec(objective="ionization-energy", **XTB), CONFIG)[0]
+    assert not record["success"] and record["value"] is None
+    cause, details = record["failure_reason"].split(" | ", 1)
+    assert cause.startswith("unknown_error: pydantic.v1.error_wrappers.ValidationError: "), cause
+    assert "Traceback" not in cause and "File " in details
+    [(key, count)] = count_failure_reasons([record, dict(record)]).items()  # one cause, counted together
+    assert count == 2 and key[:-1] == cause[:len(key) - 1]
+
+
+def test_traceback_cause_is_the_last_exception_after_the_source_and_caret_lines():
+    text = ('Error: Traceback (most recent call last):\n  File "a.py", line 1, in f\n    g()\n'
+            '  File "b.py", line 2, in g\n    raise ValueError(x)\n    ^^^^^^^^^^^^^^^^^^^\n'
+            'ValueError: 1 validation error\n  return_result\n    cannot reshape\n')
+    assert traceback_cause(text) == "ValueError: 1 validation error return_result cannot reshape"
+    assert traceback_cause("SCF did not converge in 100 iterations") is None
+    assert count_failure_reasons([{"failure_reason": "x" * 500}, {}]) == {"x" * 159 + "…": 1, "unknown": 1}
+
+
 def test_nwchem_energies_and_signs():
     ie = evaluate_molecule("O", QCSpec(objective="ionization-energy", ie_type="vertical", **NWCHEM_HF), CONFIG)
     assert ie.success, ie.failure_reason

@@ -50,7 +50,13 @@ from configs.names import (
 from configs.sites import workers_share_files
 from thinkers.campaign import Assembly, SteeringThinker
 from thinkers.proxies import ProxyLedger, close_proxy_store, open_proxy_store
-from thinkers.records import SUBMITTED_RECORDS, RunDirectory, latest_attempt, task_timing
+from thinkers.records import (
+    SUBMITTED_RECORDS,
+    RunDirectory,
+    count_failure_reasons,
+    latest_attempt,
+    task_timing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -964,11 +970,7 @@ def summarize(run_dir: RunDirectory, qc_workers: int, ml_workers: int, wall_time
     sampling = run_dir.read_records(SAMPLING_RECORDS)
     stability = run_dir.read_records(STABILITY_RECORDS)
     references = run_dir.read_records(REFERENCE_RECORDS)
-    reasons: dict[str, int] = {}
-    for record in finished:
-        if not record.get("success"):
-            key = str(record.get("failure_reason") or "unknown")[:80]
-            reasons[key] = reasons.get(key, 0) + 1
+    reasons = count_failure_reasons([r for r in finished if not r.get("success")])
     curve = [{k: r.get(k) for k in ("round", "qc_calls", "n_train", "energy_mae", "force_mae", "force_rmse")}
              for r in evaluations]
     ml_records = ([r for r in training if r.get("event") in ("member", "evaluation")] + sampling + stability

@@ -317,6 +317,24 @@ def task_timing(result: Result) -> dict[str, Any]:
     return timing
 
 
+REASON_KEY_LENGTH = 160
+"""Characters of a failure reason that group failures in ``summary.json`` (the records keep all of it)."""
+
+
+def count_failure_reasons(failures: list[dict[str, Any]]) -> dict[str, int]:
+    """How many failed records share each reason, keyed by the reason's first words.
+
+    The key stops at the ``" | "`` that separates a cause from the program output it came with (see
+    ``methods.simulate``), so failures with one cause and different outputs count together.
+    """
+    reasons: dict[str, int] = {}
+    for record in failures:
+        reason = str(record.get("failure_reason") or "unknown").split(" | ", 1)[0]
+        key = reason if len(reason) <= REASON_KEY_LENGTH else reason[:REASON_KEY_LENGTH - 1] + "…"
+        reasons[key] = reasons.get(key, 0) + 1
+    return reasons
+
+
 def qc_utilization(records: list[dict[str, Any]], n_workers: int) -> dict[str, float | None]:
     """QC worker utilization = QC-busy time / (QC workers × wall time of the QC phase).
 
@@ -355,10 +373,7 @@ def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: 
     successes = [r for r in records if r.get("success")]
     failures = [r for r in records if not r.get("success")]
     best = sorted(successes, key=lambda r: r["value"], reverse=maximize)[:10]
-    reasons: dict[str, int] = {}
-    for record in failures:
-        key = str(record.get("failure_reason") or "unknown")[:80]
-        reasons[key] = reasons.get(key, 0) + 1
+    reasons = count_failure_reasons(failures)
     qc_times = sorted(r["timings"]["total"] for r in successes if r.get("timings", {}).get("total") is not None)
     return {
         "evaluations": len(records),
