@@ -111,6 +111,42 @@ def group_table(smiles: Iterable[str]) -> GroupTable:
     return GroupTable(tuple(names), counts)
 
 
+COMPOSITION_ELEMENTS = ("H", "C", "N", "O", "F", "S", "Cl", "Br")
+"""Elements counted by :func:`composition`; any other element is counted in one extra column."""
+
+FINGERPRINT_BYTES = FINGERPRINT_BITS // 8
+"""Columns of :func:`knn_features` that hold the packed fingerprint; the composition follows them."""
+
+
+def composition(smiles: Iterable[str]) -> np.ndarray:
+    """Atom counts per element, hydrogens included: (molecules × 9) uint8.
+
+    One column per :data:`COMPOSITION_ELEMENTS`, then every other element. An unparsable molecule counts
+    nothing.
+    """
+    mols = _mols(smiles)
+    column = {element: i for i, element in enumerate(COMPOSITION_ELEMENTS)}
+    out = np.zeros((len(mols), len(COMPOSITION_ELEMENTS) + 1), dtype=np.int64)
+    for row, mol in enumerate(mols):
+        if mol is None:
+            continue
+        for atom in mol.GetAtoms():
+            out[row, column.get(atom.GetSymbol(), len(COMPOSITION_ELEMENTS))] += 1
+            out[row, 0] += atom.GetTotalNumHs()
+    return np.minimum(out, 255).astype(np.uint8)
+
+
+def knn_features(smiles: Iterable[str]) -> np.ndarray:
+    """What the ``knn`` surrogate reads: packed fingerprint, then composition, (molecules × 265) uint8.
+
+    One array, so a cached block stays one memory-mappable file. The first :data:`FINGERPRINT_BYTES` columns
+    find the neighbours; the composition gives the additive baseline the neighbours correct
+    (:class:`methods.surrogates.KNNModel`).
+    """
+    smiles = list(smiles)
+    return np.hstack([fingerprints(smiles), composition(smiles)])
+
+
 def fingerprints(smiles: Iterable[str]) -> np.ndarray:
     """Morgan fingerprints (radius 2, 2048 bits), bit-packed: (molecules × 256) uint8."""
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_BITS)

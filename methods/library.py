@@ -31,10 +31,12 @@ BLOCK = 16_384
 """Molecules per cached block and per scoring task: 16k drug-like SMILES are about 0.6 MB, results 130 kB."""
 
 KINDS = ("groups", "fingerprints", "graphs")
-"""Feature kinds: group counts (``gc``), Morgan fingerprints (``knn``), molecular graphs (``mpnn``)."""
+"""Feature kinds: group counts (``gc``), Morgan fingerprints and composition (``knn``), molecular graphs
+(``mpnn``)."""
 
-FEATURES_VERSION = 1
-"""Bumped when a featurization changes, so no stale cache is ever read."""
+FEATURES_VERSION = {"groups": 1, "fingerprints": 2, "graphs": 1}
+"""Per kind, bumped when that featurization changes, so no stale cache is ever read and the other kinds' caches
+stay valid (fingerprints v2 carry each molecule's composition after the bits)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Library:
 
 def _block_path(library: Library, kind: str, block: int) -> Path:
     suffix = "npy" if kind == "fingerprints" else "npz"
-    return cache_dir() / "libraries" / library.key / f"{kind}-v{FEATURES_VERSION}-{block:05d}.{suffix}"
+    return cache_dir() / "libraries" / library.key / f"{kind}-v{FEATURES_VERSION[kind]}-{block:05d}.{suffix}"
 
 
 BLOCK_STATE_MIN = 0.5
@@ -83,9 +85,9 @@ def compute_features(kind: str, smiles: list[str]) -> Any:
 
         return group_table(smiles)
     if kind == "fingerprints":
-        from methods.features import fingerprints
+        from methods.features import knn_features
 
-        return fingerprints(smiles)
+        return knn_features(smiles)
     if kind == "graphs":
         from methods.mpnn import featurize
 

@@ -71,12 +71,35 @@ def test_auto_follows_the_data(qm9):
     assert stats["chosen"] == "gc" and model.name == "gc" and stats["margin"] > 0
     assert stats["holdout_mae"] == stats["cv_mae"]["gc"] < stats["holdout_baseline_mae"]
 
+    # A landscape in fingerprint space: each molecule takes the value of the most similar of 20 reference
+    # molecules. Neighbours share it; group counts, summed linearly, cannot draw its borders.
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
-    anchors = [generator.GetFingerprint(MolFromSmiles(s)) for s in smiles[:5]]
-    similarity = [max(DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(MolFromSmiles(s)), anchors))
-                  for s in smiles]
-    model, stats = select_surrogate(smiles, similarity)
+    prints = [generator.GetFingerprint(MolFromSmiles(s)) for s in smiles]
+    levels = np.random.default_rng(5).normal(size=20)
+    landscape = [float(levels[int(np.argmax(DataStructs.BulkTanimotoSimilarity(p, prints[:20])))]) for p in prints]
+    model, stats = select_surrogate(smiles, landscape)
     assert stats["chosen"] == "knn" and model.name == "knn", stats["cv_mae"]
+    assert stats["margin"] > 0.05 and stats["composition_baseline"] is False  # composition says nothing here
+
+
+def test_knn_adds_a_composition_baseline_where_it_helps_and_only_there(qm9):
+    """Neighbours alone cannot follow an extensive property; the composition baseline can, and is then chosen."""
+    from methods.simulate import qm9_objective_values
+
+    rows = np.random.default_rng(7).choice(len(qm9), 600, replace=False)
+    smiles = qm9.smiles[rows].tolist()
+    energy = qm9_objective_values("atomization-energy")[rows]
+    train, test = slice(0, 400), slice(400, 600)
+    errors = {}
+    for mode in ("never", "auto"):
+        model = make_model("knn")
+        model.composition = mode
+        model.fit(smiles[train], energy[train])
+        errors[mode] = np.abs(model.predict(smiles[test])[0] - energy[test]).mean()
+        assert model.details()["composition_baseline"] is (mode == "auto")
+    assert errors["auto"] < 0.25 * errors["never"], errors  # measured: about 0.6 against 5.5 eV
+    few, stats = train_surrogate("knn", smiles[:12], energy[:12].tolist())
+    assert stats["composition_baseline"] is False  # 12 results: too few for ten more parameters
 
 
 def test_a_model_no_better_than_the_mean_is_said_plainly(caplog):
