@@ -124,7 +124,10 @@ def composition(smiles: Iterable[str]) -> np.ndarray:
     One column per :data:`COMPOSITION_ELEMENTS`, then every other element. An unparsable molecule counts
     nothing.
     """
-    mols = _mols(smiles)
+    return _composition(_mols(smiles))
+
+
+def _composition(mols: list[Chem.Mol | None]) -> np.ndarray:
     column = {element: i for i, element in enumerate(COMPOSITION_ELEMENTS)}
     out = np.zeros((len(mols), len(COMPOSITION_ELEMENTS) + 1), dtype=np.int64)
     for row, mol in enumerate(mols):
@@ -143,14 +146,17 @@ def knn_features(smiles: Iterable[str]) -> np.ndarray:
     find the neighbours; the composition gives the additive baseline the neighbours correct
     (:class:`methods.surrogates.KNNModel`).
     """
-    smiles = list(smiles)
-    return np.hstack([fingerprints(smiles), composition(smiles)])
+    mols = _mols(smiles)  # parsed once for both parts: parsing is most of the cost
+    return np.hstack([_fingerprints(mols), _composition(mols)])
 
 
 def fingerprints(smiles: Iterable[str]) -> np.ndarray:
     """Morgan fingerprints (radius 2, 2048 bits), bit-packed: (molecules × 256) uint8."""
+    return _fingerprints(_mols(smiles))
+
+
+def _fingerprints(mols: list[Chem.Mol | None]) -> np.ndarray:
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_BITS)
-    mols = _mols(smiles)
     out = np.zeros((len(mols), FINGERPRINT_BITS), dtype=np.uint8)
     for row, mol in enumerate(mols):
         if mol is not None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from methods.features import fingerprints, group_table
+from methods.features import composition, fingerprints, group_table, knn_features
 from methods.library import Library, featurize_block, score_block
 from methods.surrogates import make_model, train_surrogate
 
@@ -50,6 +50,11 @@ def test_feature_shapes():
     dense = table.dense(["C:H3:D1"])
     assert dense.shape == (3, 2) and dense[0, 0] == 1 and dense[0, 1] == table.counts[0].sum() - 1
     assert fingerprints(["C1CC"]).sum() == 0  # unparsable: empty fingerprint, not a crash
+    # H C N O F S Cl Br other: methanethiol, bromochlorobenzene, tetramethylsilane (Si counts as other)
+    assert composition(["CS", "c1ccc(Cl)cc1Br", "C[Si](C)(C)C"]).tolist() == [
+        [4, 1, 0, 0, 0, 1, 0, 0, 0], [4, 6, 0, 0, 0, 0, 1, 1, 0], [12, 4, 0, 0, 0, 0, 0, 0, 1]]
+    both = knn_features(["CS", "C1CC"])
+    assert both.shape == (2, 265) and (both[:, :256] == fingerprints(["CS", "C1CC"])).all() and both[1].sum() == 0
 
 
 def test_unknown_model_name():
