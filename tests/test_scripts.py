@@ -66,6 +66,17 @@ def test_bench_models_tiny():
     assert data["rl"]["episodes"] == 2 and data["rl"]["round_s"] > 0
 
 
+@pytest.mark.timeout(300)
+def test_cv_knn_tiny():
+    """The cross-validation behind knn's settings: every variant scored; on the atomization energy the
+    composition baseline beats the neighbours alone by far, as the README's table says."""
+    data = run_script("scripts/cv_knn.py", "--sizes", "100", "--test", "100", "--folds", "1")
+    ie, ae = data["results"]
+    assert ie["objective"] == "ionization-energy" and ae["objective"] == "atomization-energy"
+    assert {"mean", "plain k5", "baseline l0.1", "auto"} <= set(ae["mae"])
+    assert ae["mae"]["baseline l0.1"] < 0.3 * ae["mae"]["plain k5"] < ae["mae"]["mean"]
+
+
 @needs_redis
 @pytest.mark.timeout(900)
 def test_bench_forcefield_tiny():
