@@ -109,7 +109,7 @@ class KNNModel(Surrogate):
     The prediction is a ridge fit of the property on atom counts per element plus the similarity-weighted mean
     of the neighbours' residuals (Tanimoto on Morgan fingerprints); the spread of those residuals is its
     uncertainty. Neighbours alone cannot follow an extensive property: a molecule's 5 most similar ones have
-    other sizes, and on QM9's atomization energy their mean is off by 5.5 eV, against 0.56 eV with the
+    other sizes, and on QM9's atomization energy their mean is off by 5.5 eV, against 0.58 eV with the
     baseline (``scripts/cv_knn.py``). With few results, on a property composition says little about, the
     baseline's ten parameters only add noise, so :meth:`fit_features` cross-validates the model with and
     without it on the training data and keeps the better (``composition="auto"``); the choice is recorded.
