@@ -23,3 +23,7 @@ FF_EVALUATE_TOPIC = "evaluate"  # test-set errors of a new ensemble (ml)
 FF_STABILITY_TOPIC = "stability"  # MD stability runs of the final ensemble (ml)
 FF_TOPICS = (FF_QC_TOPIC, FF_REFERENCE_TOPIC, FF_TRAIN_TOPIC, FF_SAMPLE_TOPIC, FF_INFER_TOPIC, FF_EVALUATE_TOPIC,
              FF_STABILITY_TOPIC)
+
+CAUSE_SEPARATOR = " | "
+"""In a record's ``failure_reason``, separates the cause (what ``summary.json`` groups by) from the program
+output that came with it (written by the QC methods, read by the thinker's summaries)."""

@@ -37,6 +37,7 @@ from ase.optimize import BFGS
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qcelemental.models import v2 as qcv2
 
+from configs.names import CAUSE_SEPARATOR
 from methods.chem import SUPPORTED_ELEMENTS, MoleculeError, Structure, element_counts, embed
 from methods.data import QM9_ATOM_REFERENCE_U0, qm9_row
 from methods.objectives import parse_objective
@@ -254,7 +255,7 @@ def _failure_reason(result: Any) -> str:
     cause = traceback_cause(text)
     if cause is None:
         return f"{spec_error_type(error)}: {tail}"
-    return f"{spec_error_type(error)}: {cause} | {tail}"
+    return f"{spec_error_type(error)}: {cause}{CAUSE_SEPARATOR}{tail}"
 
 
 def traceback_cause(text: str) -> str | None:

@@ -63,7 +63,6 @@ def test_failures_are_recorded_with_their_reason():
     assert records[0]["value"] is None
 
 
-@needs_nwchem
 def test_a_harness_that_raises_is_recorded_by_its_cause_first():
     """xtb-python's harness raises on this hypofluorite's cation; the reason leads with the exception, not the
     traceback, so the 160 characters that ``summary.json`` and the report show say what went wrong."""
@@ -85,6 +84,7 @@ def test_traceback_cause_is_the_last_exception_after_the_source_and_caret_lines(
     assert count_failure_reasons([{"failure_reason": "x" * 500}, {}]) == {"x" * 159 + "…": 1, "unknown": 1}
 
 
+@needs_nwchem
 def test_nwchem_energies_and_signs():
     ie = evaluate_molecule("O", QCSpec(objective="ionization-energy", ie_type="vertical", **NWCHEM_HF), CONFIG)
     assert ie.success, ie.failure_reason

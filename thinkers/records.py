@@ -32,6 +32,7 @@ from typing import Any
 from colmena.models import Result
 
 from configs.lifeline import read_processes
+from configs.names import CAUSE_SEPARATOR
 from methods.data import atomic_save
 
 SIMULATION_RECORDS = "simulation_records.jsonl"
@@ -324,12 +325,12 @@ REASON_KEY_LENGTH = 160
 def count_failure_reasons(failures: list[dict[str, Any]]) -> dict[str, int]:
     """How many failed records share each reason, keyed by the reason's first words.
 
-    The key stops at the ``" | "`` that separates a cause from the program output it came with (see
-    ``methods.simulate``), so failures with one cause and different outputs count together.
+    The key stops at :data:`configs.names.CAUSE_SEPARATOR`, which separates a cause from the program output
+    it came with, so failures with one cause and different outputs count together.
     """
     reasons: dict[str, int] = {}
     for record in failures:
-        reason = str(record.get("failure_reason") or "unknown").split(" | ", 1)[0]
+        reason = str(record.get("failure_reason") or "unknown").split(CAUSE_SEPARATOR, 1)[0]
         key = reason if len(reason) <= REASON_KEY_LENGTH else reason[:REASON_KEY_LENGTH - 1] + "…"
         reasons[key] = reasons.get(key, 0) + 1
     return reasons
