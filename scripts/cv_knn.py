@@ -9,6 +9,10 @@ draws of that many training molecules and ``--test`` test molecules (seeded, dis
 * ``auto``: the shipped model, which cross-validates the two on its training data and keeps the better;
 * ``mean``: predicting the training mean.
 
+For the shipped model it also scores the uncertainty on the test molecules: the Gaussian negative log likelihood
+per molecule (lower is better) and the fraction of errors within one predicted standard deviation (0.68 if
+calibrated), for the calibrated uncertainty and for the neighbours' raw spread.
+
 Prints a table of test MAEs per objective and training size, then one JSON line.
 
     python scripts/cv_knn.py                                   # IE and atomization energy, 32/100/800, 3 folds
@@ -18,6 +22,7 @@ Prints a table of test MAEs per objective and training size, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -33,6 +38,8 @@ from methods.simulate import qm9_objective_values  # noqa: E402
 from methods.surrogates import KNNModel  # noqa: E402
 
 K_VALUES = (3, 5, 10, 20)
+SIGMA_FLOOR = 1e-3
+"""Standard deviations below this count as this in the log likelihood (a zero spread would make it infinite)."""
 PENALTIES = (0.01, 0.1, 1.0, 10.0)
 
 
@@ -43,6 +50,13 @@ def variants() -> dict[str, KNNModel]:
         models[f"baseline l{penalty:g}"] = KNNModel(composition="always", penalty=penalty)
     models["auto"] = KNNModel()
     return models
+
+
+def uncertainty_scores(error: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
+    """Gaussian negative log likelihood per molecule and the fraction of errors within one sigma."""
+    sigma = np.maximum(sigma, SIGMA_FLOOR)
+    nll = 0.5 * np.log(2 * np.pi * sigma ** 2) + 0.5 * (error / sigma) ** 2
+    return {"nll": float(nll.mean()), "coverage_1sigma": float((np.abs(error) <= sigma).mean())}
 
 
 def main() -> None:
@@ -63,6 +77,7 @@ def main() -> None:
             y_all = qm9_objective_values(objective)
         for size in args.sizes:
             errors: dict[str, list[float]] = {}
+            scores: dict[str, list[dict[str, float]]] = {"calibrated": [], "spread": []}
             chosen = 0
             for fold in range(args.folds):
                 rows = np.random.default_rng(1000 + fold).choice(len(y_all), size + args.test, replace=False)
@@ -76,11 +91,23 @@ def main() -> None:
                         float(np.abs(model.predict_features(features[test])[0] - y[test]).mean()))
                     if name == "auto":
                         chosen += model.details()["composition_baseline"]
+                        mean, sigma = model.predict_features(features[test])
+                        raw = copy.copy(model)
+                        raw.calibration = None
+                        scores["calibrated"].append(uncertainty_scores(mean - y[test], sigma))
+                        spread = raw.predict_features(features[test])[1]
+                        scores["spread"].append(uncertainty_scores(mean - y[test], spread))
+            uncertainty = {kind: {key: float(np.mean([fold[key] for fold in folds])) for key in folds[0]}
+                           for kind, folds in scores.items()}
             row = {"objective": objective, "n_train": size, "folds": args.folds, "baseline_chosen": chosen,
-                   "mae": {name: float(np.mean(values)) for name, values in errors.items()}}
+                   "mae": {name: float(np.mean(values)) for name, values in errors.items()},
+                   "uncertainty": uncertainty}
             results.append(row)
             cells = "  ".join(f"{name} {value:.3f}" for name, value in row["mae"].items())
             print(f"{objective} n={size}: {cells}  (auto used the baseline in {chosen}/{args.folds})", flush=True)
+            print("    uncertainty: " + "  ".join(
+                f"{kind} nll {value['nll']:.3f}, within 1 sigma {value['coverage_1sigma']:.0%}"
+                for kind, value in uncertainty.items()), flush=True)
     print(json.dumps({"benchmark": "cv_knn", "test": args.test, "results": results,
                       "seconds": time.perf_counter() - start}))
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import needs_redis
@@ -75,6 +76,10 @@ def test_cv_knn_tiny():
     assert ie["objective"] == "ionization-energy" and ae["objective"] == "atomization-energy"
     assert {"mean", "plain k5", "baseline l0.1", "auto"} <= set(ae["mae"])
     assert ae["mae"]["baseline l0.1"] < 0.3 * ae["mae"]["plain k5"] < ae["mae"]["mean"]
+    for row in (ie, ae):
+        scores = row["uncertainty"]
+        assert set(scores) == {"calibrated", "spread"}
+        assert all(0 <= value["coverage_1sigma"] <= 1 and np.isfinite(value["nll"]) for value in scores.values())
 
 
 @needs_redis
