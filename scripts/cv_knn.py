@@ -53,10 +53,17 @@ def variants() -> dict[str, KNNModel]:
 
 
 def uncertainty_scores(error: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
-    """Gaussian negative log likelihood per molecule and the fraction of errors within one sigma."""
+    """How well ``sigma`` describes the errors: Gaussian NLL per molecule, the share within one sigma, rank order.
+
+    The rank correlation of sigma with the absolute error says whether a larger uncertainty means a larger
+    error, which is what exploration relies on.
+    """
+    from scipy.stats import spearmanr
+
     sigma = np.maximum(sigma, SIGMA_FLOOR)
     nll = 0.5 * np.log(2 * np.pi * sigma ** 2) + 0.5 * (error / sigma) ** 2
-    return {"nll": float(nll.mean()), "coverage_1sigma": float((np.abs(error) <= sigma).mean())}
+    return {"nll": float(nll.mean()), "coverage_1sigma": float((np.abs(error) <= sigma).mean()),
+            "rank_correlation": float(spearmanr(sigma, np.abs(error)).statistic)}
 
 
 def main() -> None:
@@ -106,7 +113,8 @@ def main() -> None:
             cells = "  ".join(f"{name} {value:.3f}" for name, value in row["mae"].items())
             print(f"{objective} n={size}: {cells}  (auto used the baseline in {chosen}/{args.folds})", flush=True)
             print("    uncertainty: " + "  ".join(
-                f"{kind} nll {value['nll']:.3f}, within 1 sigma {value['coverage_1sigma']:.0%}"
+                f"{kind} nll {value['nll']:.3f}, within 1 sigma {value['coverage_1sigma']:.0%}, "
+                f"rank correlation with |error| {value['rank_correlation']:.2f}"
                 for kind, value in uncertainty.items()), flush=True)
     print(json.dumps({"benchmark": "cv_knn", "test": args.test, "results": results,
                       "seconds": time.perf_counter() - start}))
