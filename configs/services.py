@@ -183,11 +183,23 @@ def connect_redis(host: str, port: int, password: str | None, work_dir: Path) ->
 
 
 class AuthRedisQueues(RedisQueues):
-    """Colmena's Redis queues, with a password (Colmena 0.7's own ``connect`` takes none)."""
+    """Colmena's Redis queues with a password, and a count of outstanding tasks a fast result cannot corrupt.
+
+    Colmena 0.7's own ``connect`` takes no password. And Colmena 0.7.2 pushes a request to Redis and only then
+    adds its id to the client's set of active tasks. When the result comes back first and another agent thread
+    takes it in between (a lookup or a small ``ml`` task answers in milliseconds; a loaded machine deschedules
+    the sender), ``get_result`` discards an id that is not there yet, and ``send_inputs`` then adds it for
+    ever. Colmena's result processors run until no task is active, so the campaign never ended after its
+    budget; seen in 4 of 24 benchmark campaigns on a busy machine. Here the client remembers which ids it has
+    counted as sent; a result whose id is not among them was answered early, and its id is removed as soon as
+    ``send_inputs`` adds it.
+    """
 
     def __init__(self, *args, password: str | None = None, max_retries: int = 0, **kwargs):
         self.password = password  # set before the parent's __init__, which connects
         self.max_retries = max_retries
+        self._counted: set[str] = set()  # ids sent and counted active, whose result has not been taken
+        self._answered_early: set[str] = set()  # ids whose result was taken before they were counted
         super().__init__(*args, **kwargs)
 
     def send_inputs(self, *args, max_retries: int | None = None, **kwargs) -> str:
@@ -196,8 +208,27 @@ class AuthRedisQueues(RedisQueues):
         Colmena's task server runs a task again when it fails as a task (its worker died under it, Parsl lost
         the manager); a QC failure comes back as a successful task carrying a failed record, and is not rerun.
         """
-        return super().send_inputs(*args, max_retries=self.max_retries if max_retries is None else max_retries,
-                                   **kwargs)
+        task_id = super().send_inputs(*args, max_retries=self.max_retries if max_retries is None else max_retries,
+                                      **kwargs)
+        with self._active_lock:
+            if task_id in self._answered_early:
+                self._answered_early.discard(task_id)
+                self._active_tasks.discard(task_id)
+                if not self._active_tasks:
+                    self._all_complete.set()
+            else:
+                self._counted.add(task_id)
+        return task_id
+
+    def get_result(self, topic: str = "default", timeout: float | None = None):
+        """Colmena's ``get_result``; a result that beat its own ``send_inputs`` is settled when that returns."""
+        result = super().get_result(topic=topic, timeout=timeout)
+        with self._active_lock:
+            if result.task_id in self._counted:
+                self._counted.discard(result.task_id)
+            else:
+                self._answered_early.add(result.task_id)
+        return result
 
     def connect(self) -> None:
         """Connect with the password; the queue re-connects this way after being pickled to another process.

@@ -5,6 +5,7 @@ import time
 
 import psutil
 import pytest
+from colmena.queue.redis import RedisQueues
 
 from configs.names import TOPICS
 from configs.services import AuthRedisQueues, ManagedRedis, ServiceError, connect_redis, redis_answers
@@ -94,3 +95,57 @@ def test_parsl_sockets_are_encrypted_and_bound_to_loopback(tmp_path):
     for executor in config.executors:
         assert executor.encrypted is True
         assert executor.address == "127.0.0.1" and executor.loopback_address == "127.0.0.1"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("queue_class", [RedisQueues, AuthRedisQueues])
+def test_a_result_taken_before_its_task_is_counted_leaves_no_task_active(server, queue_class):
+    """The race that kept finished campaigns alive: the answer comes back between Colmena's push of a request
+    and its counting of the task as active, and another thread takes it.
+
+    Reproduced deterministically: the client's push is wrapped so that, right after it, a server side answers
+    and the client takes the result, before ``send_inputs`` goes on. Colmena's own queues then count one task
+    active for ever (so its result processors never stop); ours count none.
+    """
+    client = AuthRedisQueues(TOPICS, hostname=server.host, port=server.port, password=server.password,
+                             prefix="race-test") if queue_class is AuthRedisQueues else _colmena_queues(server)
+    worker = AuthRedisQueues(TOPICS, hostname=server.host, port=server.port, password=server.password,
+                             prefix="race-test")
+    push = client._send_request
+    taken = []
+
+    def push_then_answer_and_take(message, topic):
+        push(message, topic)
+        _, task = worker.get_task(timeout=10)
+        task.set_result(42)
+        worker.send_result(task)
+        taken.append(client.get_result(topic=topic, timeout=10))
+
+    client._send_request = push_then_answer_and_take
+    task_id = client.send_inputs(1, method="noop", topic=TOPICS[0])
+    assert taken and taken[0].task_id == task_id and taken[0].value == 42
+    expected = 1 if queue_class is RedisQueues else 0
+    assert client.active_count == expected
+    if expected == 0:
+        assert client.wait_until_done(timeout=1)
+        client._send_request = push  # an ordinary task afterwards is counted and settled as usual
+        second = client.send_inputs(2, method="noop", topic=TOPICS[0])
+        assert client.active_count == 1
+        _, task = worker.get_task(timeout=10)
+        task.set_result(7)
+        worker.send_result(task)
+        assert client.get_result(topic=TOPICS[0], timeout=10).task_id == second
+        assert client.active_count == 0 and not client._counted and not client._answered_early
+
+
+def _colmena_queues(server) -> RedisQueues:
+    """Colmena's own Redis queues, only connecting with the managed server's password (which Colmena cannot)."""
+    import redis
+
+    class PasswordOnly(RedisQueues):
+        def connect(self):
+            if not self.redis_client:
+                self.redis_client = redis.StrictRedis(host=server.host, port=server.port, password=server.password,
+                                                      decode_responses=True)
+
+    return PasswordOnly(TOPICS, hostname=server.host, port=server.port, prefix="race-test")
