@@ -94,11 +94,10 @@ def main() -> None:
                 errors.setdefault("mean", []).append(float(np.abs(y[train].mean() - y[test]).mean()))
                 for name, model in variants().items():
                     model.fit_features(features[train], y[train])
-                    errors.setdefault(name, []).append(
-                        float(np.abs(model.predict_features(features[test])[0] - y[test]).mean()))
+                    mean, sigma = model.predict_features(features[test])
+                    errors.setdefault(name, []).append(float(np.abs(mean - y[test]).mean()))
                     if name == "auto":
                         chosen += model.details()["composition_baseline"]
-                        mean, sigma = model.predict_features(features[test])
                         raw = copy.copy(model)
                         raw.calibration = None
                         scores["calibrated"].append(uncertainty_scores(mean - y[test], sigma))
