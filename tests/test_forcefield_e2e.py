@@ -75,7 +75,12 @@ def test_tiny_forcefield_campaign_killed_resumed_learns_and_leaves_nothing_behin
     assert summary["exit_status"] == 0 and summary["qc_calls"] == 52 and summary["attempts"] == 2
     curve = summary["learning_curve"]
     assert len(curve) >= 2 and summary["test_set_size"] == 2 * 8
+    # every trained ensemble measured once, even one the kill caught between its training and its evaluation
+    rounds = sorted({t["round"] for t in read_jsonl(run_dir / "training_records.jsonl") if t["event"] == "ensemble"})
+    assert [p["round"] for p in curve] == rounds, curve
     assert curve[-1]["force_mae"] < curve[0]["force_mae"], curve  # it learned
+    true_forces = np.load(run_dir / "test_parity.npz")["forces_true"]
+    assert curve[-1]["force_mae"] < 0.6 * np.abs(true_forces).mean(), curve  # far better than zero forces
     assert summary["stability"]["runs"] == 1
     assert 0 < summary["qc_utilization"] <= 1 and 0 < summary["ml_utilization"] <= 1
     assert summary["proxies_live"] <= summary["proxies_created"] and summary["proxies_evicted"] > 0
@@ -85,6 +90,23 @@ def test_tiny_forcefield_campaign_killed_resumed_learns_and_leaves_nothing_behin
     for plot in ("ff_learning_curve.png", "ff_parity.png", "ff_allocation.png"):
         assert f"plots/{plot}" in report, plot
         assert_valid_png(run_dir / "plots" / plot)
+
+    # A kill just after the final ensemble was trained leaves its records up to that point and nothing after:
+    # the resume measures that ensemble and checks its stability, without a single new QC call.
+    lines = (run_dir / "training_records.jsonl").read_text().splitlines(keepends=True)
+    last_ensemble = max(i for i, line in enumerate(lines) if json.loads(line)["event"] == "ensemble")
+    (run_dir / "training_records.jsonl").write_text("".join(lines[:last_ensemble + 1]))
+    (run_dir / "stability_records.jsonl").write_text("")
+    again = Run(["--resume", str(run_dir), "--redis-port", port], log)
+    assert again.wait(timeout=300) == 0, log.read_text()[-4000:]
+    assert not again.survivors(within=60)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["qc_calls"] == 52 and len(finished_records(run_dir)) == 52 and summary["attempts"] == 3
+    assert [p["round"] for p in summary["learning_curve"]] == rounds
+    final = [t for t in read_jsonl(run_dir / "training_records.jsonl") if t["event"] == "evaluation"][-1]
+    assert final["round"] == rounds[-1] and final["resume"] == 2 and final["success"]
+    assert summary["stability"]["runs"] == 1
+    assert log.read_text().rsplit("Resumed: ", 1)[1].split("\n")[0].count(" 0 unfinished to redo")  # all done
 
 
 def test_forcefield_rejects_a_molecule_not_in_qm9(tmp_path):

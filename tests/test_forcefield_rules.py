@@ -116,3 +116,86 @@ def test_resume_drops_a_train_db_row_whose_record_was_never_written(tmp_path):
     assert len(history.frames) == 2 and history.done == 2
     with ase.db.connect(run_dir.path / "train.db") as db:
         assert sorted(row.qc_id for row in db.select()) == [1, 2]
+
+
+@pytest.mark.parametrize("evaluated", [False, True])
+def test_resume_knows_whether_the_reloaded_ensemble_was_measured(tmp_path, evaluated):
+    """A kill between a round's training and its test-set evaluation must not cost the learning curve its point:
+    the history says the reloaded ensemble is unmeasured (the resumed thinker then measures it), and the summary
+    keeps one point per round, in round order, whichever attempt measured it."""
+    import pickle
+
+    from thinkers.forcefield import TRAINING_RECORDS, ForcefieldHistory, summarize
+    from thinkers.records import RunDirectory
+
+    run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
+    for round_, calls in ((1, 20), (2, 36)):
+        folder = run_dir.path / "models" / f"round-{round_:03d}"
+        folder.mkdir(parents=True)
+        for member in range(2):
+            (folder / f"member-{member}.pkl").write_bytes(pickle.dumps({"round": round_, "member": member}))
+        run_dir.records(TRAINING_RECORDS).write({"event": "ensemble", "round": round_, "qc_calls": calls,
+                                                 "n_train": calls - 1})
+    run_dir.records(TRAINING_RECORDS).write({"event": "evaluation", "round": 1, "qc_calls": 20, "n_train": 19,
+                                             "success": True, "force_mae": 0.5})
+    if evaluated:
+        run_dir.records(TRAINING_RECORDS).write({"event": "evaluation", "round": 2, "qc_calls": 36, "n_train": 35,
+                                                 "success": True, "force_mae": 0.3})
+    run_dir.close()
+    history = ForcefieldHistory.load(RunDirectory.reopen(run_dir.path), ensemble_size=2)
+    assert history.model_round == 2 and history.members[1] == {"round": 2, "member": 1}
+    assert (history.model_qc_calls, history.trained_at, history.model_evaluated) == (36, 35, evaluated)
+
+    # the resumed attempt measures round 2 after a repeated measurement of round 1: one point each, in order
+    resumed = RunDirectory.reopen(run_dir.path)
+    for round_, mae in ((2, 0.31), (1, 0.52)):
+        resumed.records(TRAINING_RECORDS).write({"event": "evaluation", "round": round_, "qc_calls": 0,
+                                                 "n_train": 0, "success": True, "force_mae": mae})
+    curve = summarize(resumed, 1, 1, None)["learning_curve"]
+    assert [(p["round"], p["force_mae"]) for p in curve] == [(1, 0.52), (2, 0.31)]
+
+
+def test_a_job_redone_by_one_resume_is_not_redone_again_by_the_next(tmp_path):
+    """Killed twice: the first resume sent job 2 again as job 3 (killed again before it finished) and job 4 as
+    job 5 (finished). The second resume redoes job 3 only: job 2 lives on as job 3, job 4 as job 5."""
+    from thinkers.forcefield import SIMULATION_RECORDS, SUBMITTED_RECORDS, ForcefieldHistory
+    from thinkers.records import RunDirectory
+
+    run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
+    h2 = {"numbers": [1, 1], "positions": [[0, 0, 0], [0, 0, 0.74]], "source": "active", "molecule": "H2"}
+    for qc_id, extra in ((1, {}), (2, {}), (4, {}), (3, {"redo_of": 2}), (5, {"redo_of": 4})):
+        run_dir.records(SUBMITTED_RECORDS).write({"qc_id": qc_id, **h2, "extra": extra})
+    for qc_id in (1, 5):
+        run_dir.records(SIMULATION_RECORDS).write({"qc_id": qc_id, "source": "active", "success": False,
+                                                   "failure_reason": "SCF did not converge"})
+    run_dir.close()
+    history = ForcefieldHistory.load(RunDirectory.reopen(run_dir.path), ensemble_size=2)
+    assert [job.extra["redo_of"] for job in history.unfinished] == [3]
+    assert history.done == 2 and history.failed == 2 and history.next_qc_id == 6
+
+
+def test_a_lock_file_left_by_a_killed_write_does_not_stop_the_resume(tmp_path):
+    """ASE's lock is a file created and deleted around each write: a kill in between left ``train.db.lock`` and
+    the resumed run waited for it for ever. train.db is now opened without it, and a stale one is removed."""
+    import threading
+
+    from ase import Atoms
+
+    from thinkers.forcefield import ForcefieldHistory, open_train_db
+    from thinkers.records import RunDirectory
+
+    run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
+    database = run_dir.path / "train.db"
+    with open_train_db(database) as db:
+        db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]), qc_id=1)
+    assert not (run_dir.path / "train.db.lock").exists()  # no lock file is made
+    (run_dir.path / "train.db.lock").touch()  # what ase.db's own lock leaves after a SIGKILL in a write
+    writer = threading.Thread(target=lambda: open_train_db(database).write(Atoms("H"), qc_id=2), daemon=True)
+    writer.start()
+    writer.join(timeout=10)
+    assert not writer.is_alive()  # ase.db.connect(database).write would wait for ever here
+    assert open_train_db(database).count() == 2
+    (run_dir.path / "train.db.lock").touch()
+    run_dir.close()
+    ForcefieldHistory.load(RunDirectory.reopen(run_dir.path), ensemble_size=2)
+    assert not (run_dir.path / "train.db.lock").exists()

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,19 @@ MAX_POOL = 2000
 
 
 # --- the rules, as small pure functions (tested on their own) --------------------------------------------------
+
+
+def open_train_db(path: Path) -> Any:
+    """The run's ASE database of labelled structures, without ASE's lock file.
+
+    ASE locks a database by creating ``<name>.lock`` and deleting it afterwards, so a process killed during a
+    write leaves the file behind and every later writer waits for it for ever. Only one process runs a run
+    directory at a time (the run directory's own lock) and one thread writes, so that lock adds nothing;
+    SQLite's own locking still guards each transaction, and the kernel releases it when a process dies.
+    """
+    import ase.db
+
+    return ase.db.connect(path, use_lock_file=False)
 
 
 def audit_error(model_energy: float, qc_energy: float, n_atoms: int) -> float:
@@ -171,6 +185,8 @@ class ForcefieldHistory:
         dispatched_initial: Indices of initial jobs already sent (finished or to redo).
         next_qc_id: First QC id not used yet.
         model_round: Last round whose ensemble completed (0: none), with its members and training-set size.
+        model_qc_calls: QC calls recorded when that round started.
+        model_evaluated: Whether that ensemble was measured on the test set (a kill can come in between).
         sample_runs, selection_batches: Where the MD run and selection counters (and so their seeds) go on.
     """
 
@@ -184,14 +200,14 @@ class ForcefieldHistory:
     model_round: int = 0
     members: list[Any] = field(default_factory=list)
     trained_at: int = 0
+    model_qc_calls: int = 0
+    model_evaluated: bool = False
     sample_runs: int = 0
     selection_batches: int = 0
 
     @classmethod
     def load(cls, run_dir: RunDirectory, ensemble_size: int) -> ForcefieldHistory:
         """Rebuild the campaign's state from ``train.db``, the records and the saved models."""
-        import ase.db
-
         records = run_dir.read_records(SIMULATION_RECORDS)
         finished = [r for r in records if not r.get("abandoned")]
         finished_ids = {int(r["qc_id"]) for r in finished}
@@ -199,10 +215,14 @@ class ForcefieldHistory:
         for record in finished:
             history.source_counts[record["source"]] = history.source_counts.get(record["source"], 0) + 1
         database = run_dir.path / "train.db"
+        stale_lock = database.with_name(database.name + ".lock")
+        if stale_lock.exists():  # a write killed while holding ASE's lock (earlier molsteer versions took it)
+            stale_lock.unlink()
+            logger.info("Removed %s, left by the killed attempt", stale_lock.name)
         if database.exists():
             seen: set[int] = set()
             orphans = []
-            with ase.db.connect(database) as db:
+            with open_train_db(database) as db:
                 for row in sorted(db.select(), key=lambda row: row.qc_id):
                     if row.qc_id in finished_ids and row.qc_id not in seen:
                         seen.add(row.qc_id)
@@ -215,12 +235,14 @@ class ForcefieldHistory:
                 logger.info("Removed %d train.db row(s) whose QC record was never written; they are redone",
                             len(orphans))
         submitted = run_dir.read_records(SUBMITTED_RECORDS)
+        # A job an earlier resume already sent again lives on under its new id (finished, or redone in turn).
+        sent_again = {int(e["extra"]["redo_of"]) for e in submitted if (e.get("extra") or {}).get("redo_of")}
         redo: dict[int, QCJob] = {}
         for entry in submitted:
             extra = dict(entry.get("extra") or {})
             if "initial_index" in extra:
                 history.dispatched_initial.add(int(extra["initial_index"]))
-            if int(entry["qc_id"]) in finished_ids:
+            if int(entry["qc_id"]) in finished_ids or int(entry["qc_id"]) in sent_again:
                 continue
             atoms = Atoms(numbers=entry["numbers"], positions=entry["positions"])
             extra["redo_of"] = int(entry["qc_id"])
@@ -234,7 +256,9 @@ class ForcefieldHistory:
         history.selection_batches = max((int(r.get("batch", 0)) for r in run_dir.read_records(SELECTION_RECORDS)),
                                         default=0) + 1000 * run_dir.attempt
 
-        rounds = [r for r in run_dir.read_records(TRAINING_RECORDS) if r.get("event") == "ensemble"]
+        training = run_dir.read_records(TRAINING_RECORDS)
+        rounds = [r for r in training if r.get("event") == "ensemble"]
+        evaluated = {int(r["round"]) for r in training if r.get("event") == "evaluation" and r.get("success")}
         for record in sorted(rounds, key=lambda r: r["round"], reverse=True):
             folder = run_dir.path / "models" / f"round-{int(record['round']):03d}"
             members = []
@@ -250,6 +274,8 @@ class ForcefieldHistory:
             if members:
                 history.model_round, history.members = int(record["round"]), members
                 history.trained_at = int(record["n_train"])
+                history.model_qc_calls = int(record["qc_calls"])
+                history.model_evaluated = history.model_round in evaluated
                 break
         return history
 
@@ -311,6 +337,9 @@ class ForcefieldThinker(SteeringThinker):
         self.members: list[Any] = []  # handles of the current ensemble's members
         self.sampling_model: Any = None
         self.model_round = 0  # round of the ensemble in use (0: none yet)
+        self.model_info: dict[str, Any] = {}  # its QC calls and training-set size, for its test-set evaluation
+        self._evaluated: set[int] = set()  # rounds measured on the test set, or being measured
+        self._reloaded: tuple[int, list[Any], dict[str, Any]] | None = None  # a resumed, never measured ensemble
         self.sampling_round = 0
         self.training_round = 0
         self._round_members: dict[int, list[tuple[int, Any]]] = {}
@@ -358,6 +387,12 @@ class ForcefieldThinker(SteeringThinker):
             self.members = handles
             self.model_round = self.training_round = history.model_round
             self._trained_at = history.trained_at
+            self.model_info = {"qc_calls": history.model_qc_calls, "n_train": history.trained_at}
+            if history.model_evaluated:
+                self._evaluated.add(history.model_round)
+            else:  # killed before its test-set evaluation: it is measured once the test set is back
+                self._reloaded = (history.model_round, [self.ledger.acquire(h) for h in handles],
+                                  dict(self.model_info))
             self._replace_sampling_model(handles[0], history.model_round)
         logger.info("Resumed: %d QC calls recorded (%d failed, %d structures to train on), %d unfinished to redo, "
                     "ensemble of round %d reloaded", self.qc_done, self.qc_failed, len(self.training_frames),
@@ -428,6 +463,19 @@ class ForcefieldThinker(SteeringThinker):
                 logger.info("Test set: %d structures from QC reference MD at %.0f K", len(self.test_frames),
                             self.plan.temperature)
             self._state.notify_all()
+
+    @agent(startup=True)
+    def evaluate_reloaded_ensemble(self) -> None:
+        """The ensemble a killed attempt trained but never measured gets its point on the learning curve."""
+        if self._reloaded is None:
+            return
+        round_, handles, info = self._reloaded
+        self._reloaded = None
+        try:
+            self._request_evaluation(round_, info, members=handles)
+        finally:
+            for handle in handles:
+                self.ledger.release(handle)
 
     # --- calculator ---------------------------------------------------------------------------------------
 
@@ -520,9 +568,7 @@ class ForcefieldThinker(SteeringThinker):
 
     def _write_db(self, atoms: Atoms, job: QCJob, qc_id: int) -> None:
         """Append one labelled structure to ``train.db`` (ASE database), with where it came from."""
-        import ase.db
-
-        with ase.db.connect(self.run_dir.path / "train.db") as db:
+        with open_train_db(self.run_dir.path / "train.db") as db:
             db.write(atoms, source=job.source, molecule=job.molecule, qc_id=qc_id,
                      trajectory=-1 if job.trajectory is None else job.trajectory)
 
@@ -597,7 +643,8 @@ class ForcefieldThinker(SteeringThinker):
             if self._nothing_left_to_train():  # the current ensemble is the final one
                 with self._state:
                     self._final_round = self.model_round
-                self._start_stability()
+                # Measured already, unless a kill came between its training and its evaluation.
+                self._request_evaluation(self.model_round, {**self.model_info, "final": True})
                 continue
             with self._state:
                 self._training = True
@@ -677,6 +724,7 @@ class ForcefieldThinker(SteeringThinker):
                 members += previous[len(members):self.plan.ensemble_size]
             self.members = members
             self.model_round = round_
+            self.model_info = {"qc_calls": info["qc_calls"], "n_train": info["n_train"]}
             self._training = False
             self._state.notify_all()
         # Handles are compared by identity: a proxy's == would compare the models it stands for.
@@ -690,16 +738,26 @@ class ForcefieldThinker(SteeringThinker):
         self.run_dir.records(TRAINING_RECORDS).write(record)
         self._request_evaluation(round_, info)
 
-    def _request_evaluation(self, round_: int, info: dict[str, Any]) -> None:
-        """Measure the new ensemble on the held-out QC trajectory (waits for the test set on the first round)."""
+    def _request_evaluation(self, round_: int, info: dict[str, Any], members: list[Any] | None = None) -> None:
+        """Measure a round's ensemble on the held-out QC trajectory, once (waits for the test set to be back).
+
+        Args:
+            round_: The round whose ensemble is measured.
+            info: Its ``qc_calls`` and ``n_train``, and ``final`` if the stability runs follow its evaluation.
+            members: That ensemble's handles; by default the current ensemble.
+        """
         if not self._wait(lambda: self._references_due == 0, timeout=0.5):
             return
-        if self.test_handle is None:
-            self.logger.warning("No test set: round %d is not evaluated", round_)
+        with self._state:
+            claimed = round_ in self._evaluated
+            self._evaluated.add(round_)
+        if claimed or self.test_handle is None:
+            if not claimed:
+                self.logger.warning("No test set: round %d is not evaluated", round_)
             if info.get("final"):
                 self._start_stability()
             return
-        members = list(self.members)
+        members = list(self.members if members is None else members)
         self.queues.send_inputs(members, self.test_handle, method="evaluate", topic=FF_EVALUATE_TOPIC,
                                 task_info={"round": round_, "qc_calls": info["qc_calls"], "n_train": info["n_train"],
                                            "final": info.get("final", False), "hold": self._hold(*members)})
@@ -971,8 +1029,9 @@ def summarize(run_dir: RunDirectory, qc_workers: int, ml_workers: int, wall_time
     stability = run_dir.read_records(STABILITY_RECORDS)
     references = run_dir.read_records(REFERENCE_RECORDS)
     reasons = count_failure_reasons([r for r in finished if not r.get("success")])
+    # One point per round, in round order (a resumed attempt measures the ensemble a kill left unmeasured).
     curve = [{k: r.get(k) for k in ("round", "qc_calls", "n_train", "energy_mae", "force_mae", "force_rmse")}
-             for r in evaluations]
+             for r in sorted({r["round"]: r for r in evaluations}.values(), key=lambda r: r["round"])]
     ml_records = ([r for r in training if r.get("event") in ("member", "evaluation")] + sampling + stability
                   + run_dir.read_records(INFERENCE_RECORDS))
     qc_use = qc_utilization(latest_attempt(finished + references), qc_workers)
