@@ -100,8 +100,8 @@ def forcefield_report(run_dir: Path, params: dict[str, Any], summary: dict[str, 
     """The report's lines; plots are written into ``run_dir/plots``."""
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    training = read_jsonl(run_dir / "training_records.jsonl")
-    evaluations = [t for t in training if t.get("event") == "evaluation" and t.get("success")]
+    # The summary's curve: one point per round, in round order, whichever attempt measured it.
+    evaluations = summary.get("learning_curve") or []
     simulations = read_jsonl(run_dir / "simulation_records.jsonl")
     audits = [s for s in simulations if s.get("source") == "audit"]
     lines = [f"# Forcefield report: {run_dir.name}", "",

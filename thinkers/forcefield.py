@@ -339,6 +339,7 @@ class ForcefieldThinker(SteeringThinker):
         self.model_round = 0  # round of the ensemble in use (0: none yet)
         self.model_info: dict[str, Any] = {}  # its QC calls and training-set size, for its test-set evaluation
         self._evaluated: set[int] = set()  # rounds measured on the test set, or being measured
+        self._parity_round = 0  # round whose test-set forces test_parity.npz holds
         self._reloaded: tuple[int, list[Any], dict[str, Any]] | None = None  # a resumed, never measured ensemble
         self.sampling_round = 0
         self.training_round = 0
@@ -772,7 +773,10 @@ class ForcefieldThinker(SteeringThinker):
             metrics = dict(result.value)
             parity = {k: metrics.pop(k) for k in ("forces_true", "forces_pred") if k in metrics}
             record.update(metrics)
-            if parity:
+            with self._state:  # a reloaded ensemble measured late must not replace a newer round's parity
+                newest = record["round"] >= self._parity_round
+                self._parity_round = max(self._parity_round, record["round"])
+            if parity and newest:
                 np.savez_compressed(self.run_dir.path / "test_parity.npz",
                                     **{k: np.asarray(v, dtype=np.float32) for k, v in parity.items()})
             logger.info("Round %d (%d QC calls): test force MAE %.3f eV/Å, RMSE %.3f, energy MAE %.4f eV/atom",
