@@ -82,12 +82,13 @@ class Campaign:
         records = finished(run_dir)
         if self.name == "design":
             return len(records) - len({r["smiles"] for r in records})
-        import ase.db
         import numpy as np
+
+        from thinkers.forcefield import open_train_db
 
         if not (run_dir / "train.db").exists():
             return 0
-        rows = list(ase.db.connect(run_dir / "train.db", use_lock_file=False).select())
+        rows = list(open_train_db(run_dir / "train.db").select())
         twice = len(rows) - len({tuple(np.round(row.positions, 6).ravel()) for row in rows})
         return max(twice, len(records) - len({r["qc_id"] for r in records}))
 
