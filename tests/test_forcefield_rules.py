@@ -199,3 +199,36 @@ def test_a_lock_file_left_by_a_killed_write_does_not_stop_the_resume(tmp_path):
     run_dir.close()
     ForcefieldHistory.load(RunDirectory.reopen(run_dir.path), ensemble_size=2)
     assert not (run_dir.path / "train.db.lock").exists()
+
+
+def test_a_pool_below_the_inference_batch_is_picked_from_once_nothing_else_can_move():
+    """Near the end of the budget a small pool must not wait for ever: when no QC job waits or runs and no MD
+    run is out, the selector picks from what there is. While anything could still grow the pool, it waits."""
+    import threading
+
+    from ase.build import molecule
+
+    from thinkers.forcefield import ForcefieldThinker, QCJob, Trajectory
+
+    class Stub:
+        pass
+
+    stub = Stub()
+    stub._state = threading.Condition()
+    start = molecule("CH3OH")
+    stub.trajectories = [Trajectory(0, "CO", start, 100), Trajectory(1, "CO", start, 100)]
+    stub.pool = [(start, "CO", 0)] * 20
+    stub.in_flight, stub.initial_jobs, stub.audit_jobs, stub.active_jobs = {}, [], [], []
+    all_there_is = ForcefieldThinker._pool_is_all_there_is
+
+    assert all_there_is(stub)
+    stub.trajectories[1].busy = True  # an MD run is out: its frames will come
+    assert not all_there_is(stub)
+    stub.trajectories[1].busy = False
+    stub.audit_jobs = [QCJob(start, "audit", "CO", 0)]  # QC has work: its audit continues a trajectory
+    assert not all_there_is(stub)
+    stub.audit_jobs = []
+    stub.in_flight = {3: QCJob(start, "active", "CO", 0)}
+    assert not all_there_is(stub)
+    stub.in_flight, stub.pool = {}, []
+    assert not all_there_is(stub)  # nothing to pick from

@@ -26,7 +26,7 @@ import numpy as np
 from colmena.exceptions import TimeoutException
 from colmena.models import Result
 from colmena.queue.base import ColmenaQueues
-from colmena.thinker import ResourceCounter, agent, result_processor, task_submitter
+from colmena.thinker import agent, result_processor, task_submitter
 from proxystore.proxy import Proxy, extract
 
 from configs.names import ML_EXECUTOR, ML_TOPIC, QC_EXECUTOR, SIMULATION_TOPIC, TOPICS
@@ -44,6 +44,7 @@ from thinkers.records import (
     RunDirectory,
     task_timing,
 )
+from thinkers.slots import SlotCounter
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class DesignThinker(SteeringThinker):
             ledger: Proxies of the models sent to workers (one per round, evicted when the round is over);
                 without one, models travel by value.
         """
-        super().__init__(queues, ResourceCounter(plan.parallel_guesses, ["qc"]))
+        super().__init__(queues, SlotCounter(plan.parallel_guesses, ["qc"]))
         self.rec.reallocate(None, "qc", plan.parallel_guesses)
         self.plan = plan
         self.run_dir = run_dir

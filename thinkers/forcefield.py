@@ -58,6 +58,7 @@ from thinkers.records import (
     latest_attempt,
     task_timing,
 )
+from thinkers.slots import SlotCounter
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,30 @@ MAX_POOL = 2000
 
 
 # --- the rules, as small pure functions (tested on their own) --------------------------------------------------
+
+
+def rebalance(counter: ResourceCounter, backlog: int, sampling_open: bool, cancel: threading.Event) -> str | None:
+    """Move one slot between sampling and QC when the QC backlog says so; returns the move made, if any.
+
+    A backlog of more than twice the QC slots takes a slot from sampling (never its last); an empty backlog gives
+    one back to sampling (QC keeps at least one). The move waits at most 0.5 s for the slot to come free, so the
+    allocator keeps looking at the backlog; with :class:`~thinkers.slots.SlotCounter` a wait that runs out loses
+    nothing.
+
+    Args:
+        counter: The thinker's resource counter, with task types ``sample`` and ``qc``.
+        backlog: QC jobs waiting to be sent (initial, audit and active-learning lists).
+        sampling_open: Whether sampling still runs (a model exists and the final round has not begun).
+        cancel: Set when the campaign ends; a waiting move gives up.
+    """
+    if not sampling_open:
+        return None
+    sample, qc = counter.allocated_slots("sample"), counter.allocated_slots("qc")
+    if backlog > 2 * max(qc, 1) and sample > 1:
+        return "sample→qc" if counter.reallocate("sample", "qc", 1, timeout=0.5, cancel_if=cancel) else None
+    if backlog == 0 and qc > 1:
+        return "qc→sample" if counter.reallocate("qc", "sample", 1, timeout=0.5, cancel_if=cancel) else None
+    return None
 
 
 def open_train_db(path: Path) -> Any:
@@ -309,7 +334,7 @@ class ForcefieldThinker(SteeringThinker):
             history: What earlier attempts recorded, when the campaign is resumed.
         """
         total = plan.parallel_samplers + plan.qc_slots
-        super().__init__(queues, ResourceCounter(total, ["sample", "qc"]))
+        super().__init__(queues, SlotCounter(total, ["sample", "qc"]))
         self.rec.reallocate(None, "sample", plan.parallel_samplers)
         self.rec.reallocate(None, "qc", plan.qc_slots)
         self.plan = plan
@@ -872,13 +897,23 @@ class ForcefieldThinker(SteeringThinker):
 
     # --- selector -----------------------------------------------------------------------------------------
 
+    def _pool_is_all_there_is(self) -> bool:
+        """A pool smaller than the inference batch is all that can still be picked from.
+
+        No QC job waits or runs and no MD run is out, so nothing would ever fill the pool or spend the budget:
+        picking from what is there keeps the campaign going instead of waiting for ever.
+        """
+        return (bool(self.pool) and not self.in_flight and not self.initial_jobs and not self.audit_jobs
+                and not self.active_jobs and not any(t.busy for t in self.trajectories))
+
     @agent
     def select(self) -> None:
         """Run the ensemble on the pooled structures and queue the ones it disagrees about most for QC."""
         from methods.selection import select_by_disagreement, select_random
 
         batch_number = self._selection_batches
-        while self._wait(lambda: len(self.pool) >= self.plan.inference_batch and len(self.members) > 1
+        while self._wait(lambda: (len(self.pool) >= self.plan.inference_batch or self._pool_is_all_there_is())
+                         and len(self.members) > 1
                          and self.qc_submitted < self.plan.qc_budget and self._final_round is None):
             with self._state:
                 candidates = list(self.pool)
@@ -959,15 +994,7 @@ class ForcefieldThinker(SteeringThinker):
             with self._state:
                 backlog = len(self.audit_jobs) + len(self.active_jobs) + len(self.initial_jobs)
                 sampling_open = self.sampling_model is not None and self._final_round is None
-            sample = self.rec.allocated_slots("sample")
-            qc = self.rec.allocated_slots("qc")
-            moved = None
-            if sampling_open and backlog > 2 * max(qc, 1) and sample > 1:
-                if self.rec.reallocate("sample", "qc", 1, timeout=0.5, cancel_if=self.done):
-                    moved = "sample→qc"
-            elif sampling_open and backlog == 0 and qc > 1:
-                if self.rec.reallocate("qc", "sample", 1, timeout=0.5, cancel_if=self.done):
-                    moved = "qc→sample"
+            moved = rebalance(self.rec, backlog, sampling_open, self.done)
             state = (self.rec.allocated_slots("sample"), self.rec.allocated_slots("qc"))
             if moved or state != last or time.monotonic() - last_time >= 5:  # changes, and a sample every 5 s
                 self.run_dir.records(ALLOCATION_RECORDS).write({
