@@ -1,1 +1,1 @@
-"""Where and how a campaign runs: Parsl sites, validated run settings, and the names shared by all parts."""
+"""Where and how a campaign runs: validated settings (``settings/``), sites (``sites/``), services (``services/``)."""

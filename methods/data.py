@@ -47,10 +47,11 @@ def cache_dir() -> Path:
 
 
 def atomic_save(path: Path, writer: Callable[[Path], None]) -> None:
-    """Write through a temporary file, sync it to disk and rename.
+    """Write through a temporary file, sync it to disk, rename, and sync the directory.
 
     Concurrent workers never read a half-written cache, and a kill (or a power cut) leaves either the old file
-    or the new one, never a torn one: run-directory state relies on that to be resumable.
+    or the new one, never a torn one: run-directory state relies on that to be resumable. The rename itself is
+    an entry in the directory; syncing the directory makes it survive a power cut too.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
@@ -60,6 +61,11 @@ def atomic_save(path: Path, writer: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -391,6 +391,17 @@ def predict(potentials: list[Potential], frames: list[Atoms]) -> tuple[np.ndarra
     return energies, forces
 
 
+def infer_energies(potentials: list[Potential], frames: list[Atoms]) -> np.ndarray:
+    """The ``ml`` inference task of the selector: energy per atom (eV) of each frame by each member.
+
+    Only energies come back, shape (members, frames); forces stay on the worker, so an inference result is a
+    few kilobytes whatever the structures' size.
+    """
+    energies, _ = predict(list(potentials), list(frames))
+    atoms_per_frame = np.array([len(frame) for frame in frames], dtype=float)
+    return np.asarray(energies, dtype=float) / atoms_per_frame[None, :]
+
+
 def evaluate(potentials: list[Potential], frames: list[Atoms]) -> dict:
     """Ensemble-mean predictions against the labels in ``frames`` (the ``ml`` evaluation task).
 

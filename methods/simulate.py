@@ -37,9 +37,9 @@ from ase.optimize import BFGS
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qcelemental.models import v2 as qcv2
 
-from configs.names import CAUSE_SEPARATOR
 from methods.chem import SUPPORTED_ELEMENTS, MoleculeError, Structure, element_counts, embed
 from methods.data import QM9_ATOM_REFERENCE_U0, qm9_row
+from methods.failures import CAUSE_SEPARATOR
 from methods.objectives import parse_objective
 
 logger = logging.getLogger(__name__)

@@ -16,6 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from store.names import ALLOCATION_RECORDS, SIMULATION_RECORDS  # noqa: E402
+from store.rundir import read_jsonl  # noqa: E402
+
 
 def _save(fig: Any, out: Path) -> Path:
     fig.tight_layout()
@@ -95,14 +98,13 @@ def plot_allocation(allocation: list[dict[str, Any]], out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def forcefield_report(run_dir: Path, params: dict[str, Any], summary: dict[str, Any],
-                      read_jsonl: Any) -> list[str]:
+def forcefield_report(run_dir: Path, params: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """The report's lines; plots are written into ``run_dir/plots``."""
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     # The summary's curve: one point per round, in round order, whichever attempt measured it.
     evaluations = summary.get("learning_curve") or []
-    simulations = read_jsonl(run_dir / "simulation_records.jsonl")
+    simulations = read_jsonl(run_dir / SIMULATION_RECORDS)
     audits = [s for s in simulations if s.get("source") == "audit"]
     lines = [f"# Forcefield report: {run_dir.name}", "",
              f"- Molecules: {', '.join(params.get('molecules') or [])}",
@@ -134,7 +136,7 @@ def forcefield_report(run_dir: Path, params: dict[str, Any], summary: dict[str, 
         lines += ["## Forces on the test set, last ensemble", "", "![parity](plots/ff_parity.png)", ""]
     if plot_audits(audits, params.get("energy_tolerance"), plots / "ff_audits.png"):
         lines += ["## Audit errors over time", "", "![audits](plots/ff_audits.png)", ""]
-    if plot_allocation(read_jsonl(run_dir / "allocation_records.jsonl"), plots / "ff_allocation.png"):
+    if plot_allocation(read_jsonl(run_dir / ALLOCATION_RECORDS), plots / "ff_allocation.png"):
         lines += ["## Sampling and QC slots over time", "", "![allocation](plots/ff_allocation.png)", ""]
     failures = [s for s in simulations if not s.get("success")]
     if failures:

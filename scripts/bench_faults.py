@@ -41,7 +41,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from thinkers.records import JsonlWriter, read_jsonl  # noqa: E402
+from store.names import ATTEMPT_RECORDS, SIMULATION_RECORDS, TRAIN_DB, TRAINING_RECORDS  # noqa: E402
+from store.rundir import JsonlWriter, read_jsonl  # noqa: E402
 
 
 def tree(pid: int) -> dict[tuple[int, float], psutil.Process]:
@@ -52,7 +53,7 @@ def tree(pid: int) -> dict[tuple[int, float], psutil.Process]:
 
 
 def finished(run_dir: Path) -> list[dict]:
-    return [r for r in read_jsonl(run_dir / "simulation_records.jsonl") if not r.get("abandoned")]
+    return [r for r in read_jsonl(run_dir / SIMULATION_RECORDS) if not r.get("abandoned")]
 
 
 class Campaign:
@@ -84,11 +85,11 @@ class Campaign:
             return len(records) - len({r["smiles"] for r in records})
         import numpy as np
 
-        from thinkers.forcefield import open_train_db
+        from store.traindb import open_train_db
 
-        if not (run_dir / "train.db").exists():
+        if not (run_dir / TRAIN_DB).exists():
             return 0
-        rows = list(open_train_db(run_dir / "train.db").select())
+        rows = list(open_train_db(run_dir / TRAIN_DB).select())
         twice = len(rows) - len({tuple(np.round(row.positions, 6).ravel()) for row in rows})
         return max(twice, len(records) - len({r["qc_id"] for r in records}))
 
@@ -96,7 +97,7 @@ class Campaign:
         """Forcefield: every trained ensemble has its point on the learning curve."""
         if self.name == "design":
             return None
-        training = read_jsonl(run_dir / "training_records.jsonl")
+        training = read_jsonl(run_dir / TRAINING_RECORDS)
         ensembles = {r["round"] for r in training if r.get("event") == "ensemble"}
         measured = {r["round"] for r in training if r.get("event") == "evaluation" and r.get("success")}
         return ensembles == measured
@@ -213,7 +214,7 @@ def main() -> None:
         changed += sum(k in now and now[k] != v for k, v in kept.items())
         duplicates = max(duplicates, campaign.duplicates(run_dir))
         curve_complete = campaign.curve_complete(run_dir)
-        attempts = read_jsonl(run_dir / "attempt_records.jsonl")
+        attempts = read_jsonl(run_dir / ATTEMPT_RECORDS)
         log.close()
 
     result = {

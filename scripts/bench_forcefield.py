@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from store.names import SUMMARY  # noqa: E402
+from store.rundir import read_json  # noqa: E402
 
 
 def free_port() -> int:
@@ -43,7 +47,7 @@ def finish_campaign(selector: str, process: subprocess.Popen, runs_dir: Path, st
     if process.returncode != 0:
         sys.exit(f"{selector} campaign failed ({process.returncode}):\n{output[-4000:]}")
     run_dir = max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / SUMMARY)
     summary["run_dir"] = str(run_dir)
     summary["bench_wall_time"] = time.monotonic() - started
     return summary

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from store.names import TRAINING_RECORDS  # noqa: E402
 from tests.clusters import leftover_processes, remote_site  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -48,7 +49,7 @@ def once(work: Path, target: str, timeout: float = 60) -> dict:
                                         start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            found = list(runs.glob("*/training_records.jsonl"))
+            found = list(runs.glob(f"*/{TRAINING_RECORDS}"))
             if found and found[0].read_text().strip():
                 break
             time.sleep(0.2)

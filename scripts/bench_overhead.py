@@ -28,10 +28,13 @@ from colmena.models import Result  # noqa: E402
 from colmena.task_server import ParslTaskServer  # noqa: E402
 from colmena.thinker import BaseThinker, ResourceCounter, result_processor, task_submitter  # noqa: E402
 
-from configs.names import QC_EXECUTOR, SIMULATION_TOPIC, TOPICS  # noqa: E402
-from configs.services import AuthRedisQueues, ManagedRedis, become_subreaper, stop_descendants  # noqa: E402
-from configs.sites import SITES, SiteOptions  # noqa: E402
+from configs.services.lifeline import become_subreaper, stop_descendants  # noqa: E402
+from configs.services.queues import AuthRedisQueues, ManagedRedis  # noqa: E402
+from configs.sites.catalog import SITES, SiteOptions  # noqa: E402
+from configs.sites.executors import QC_EXECUTOR  # noqa: E402
 from methods.noop import noop  # noqa: E402
+from store.results import TASK_LEGS  # noqa: E402
+from thinkers.topics import DESIGN_TOPICS, QC_TOPIC  # noqa: E402
 
 
 class NoopThinker(BaseThinker):
@@ -48,9 +51,9 @@ class NoopThinker(BaseThinker):
     def submit(self) -> None:
         if self.sent < self.n_tasks:
             self.sent += 1
-            self.queues.send_inputs(self.payload, method="noop", topic=SIMULATION_TOPIC)
+            self.queues.send_inputs(self.payload, method="noop", topic=QC_TOPIC)
 
-    @result_processor(topic=SIMULATION_TOPIC)
+    @result_processor(topic=QC_TOPIC)
     def receive(self, result: Result) -> None:
         self.rec.release("noop", 1)
         self.results.append(result)
@@ -71,7 +74,7 @@ def bench_stack(n_tasks: int, warmup: int, workers: int, in_flight: int, payload
         redis_server = ManagedRedis(_free_port(), run_dir / "redis").start()
         server = None
         try:
-            queues = AuthRedisQueues(TOPICS, hostname=redis_server.host, port=redis_server.port,
+            queues = AuthRedisQueues(DESIGN_TOPICS, hostname=redis_server.host, port=redis_server.port,
                                      password=redis_server.password, prefix="bench-overhead", keep_inputs=False)
             config = SITES["local"](run_dir, SiteOptions(qc_workers=workers, ml_workers=1))
             server = ParslTaskServer([(noop, {"executors": [QC_EXECUTOR]})], queues, config)
@@ -94,13 +97,7 @@ def bench_stack(n_tasks: int, warmup: int, workers: int, in_flight: int, payload
     return out
 
 
-STAGES = {
-    "thinker_to_task_server": ("created", "input_received"),
-    "task_server_to_worker": ("input_received", "compute_started"),
-    "running": ("compute_started", "compute_ended"),
-    "worker_to_task_server": ("compute_ended", "result_sent"),
-    "task_server_to_thinker": ("result_sent", "result_received"),
-}
+STAGES = {key: (start, end) for key, (_, start, end) in TASK_LEGS.items()}
 
 
 def stage_medians(results: list[Result]) -> dict[str, float]:

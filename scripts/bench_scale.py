@@ -36,11 +36,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from configs.names import ML_EXECUTOR  # noqa: E402
-from configs.sites import SiteOptions, local  # noqa: E402
+from configs.services.proxystore import close_proxy_store, open_proxy_store  # noqa: E402
+from configs.sites.catalog import SiteOptions, local  # noqa: E402
+from configs.sites.executors import ML_EXECUTOR  # noqa: E402
 from methods.library import Library, featurize_block, missing_blocks, score_block  # noqa: E402
 from methods.surrogates import MODELS, MPNNEnsemble, train_mpnn, train_surrogate  # noqa: E402
-from thinkers.proxies import ProxyLedger, close_proxy_store, open_proxy_store  # noqa: E402
+from thinkers.proxies import ProxyLedger  # noqa: E402
 
 
 def load_library(name: str) -> tuple[Library, np.ndarray]:
@@ -50,7 +51,7 @@ def load_library(name: str) -> tuple[Library, np.ndarray]:
 
         smiles = load_qm9().smiles
         return Library(f"qm9-v{CACHE_VERSION}", len(smiles)), smiles
-    from configs.search_space import load_search_space
+    from configs.settings.search_space import load_search_space
     from methods.chem import SUPPORTED_ELEMENTS
 
     space = load_search_space(Path(name), elements=SUPPORTED_ELEMENTS)
@@ -166,7 +167,8 @@ def main() -> None:
             results["rounds"][model_name] = {"rounds": times, "first_total": times[0]["total"],
                                              "later_median": float(np.median(later))}
     finally:
-        close_proxy_store(ledger.store, ledger)
+        ledger.evict_all()
+        close_proxy_store(ledger.store, run_dir)
         parsl.dfk().cleanup()
     results["largest_message_bytes"] = largest
     results["proxies"] = ledger.stats()

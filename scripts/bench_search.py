@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 from methods.data import load_qm9, sample_pool  # noqa: E402
 from methods.objectives import parse_objective  # noqa: E402
 from methods.simulate import qm9_objective_values  # noqa: E402
+from store.names import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS  # noqa: E402
+from store.rundir import read_jsonl  # noqa: E402
 
 MODELS = ("gc", "knn", "mpnn", "auto")
 DEFAULT_MODELS = ("gc", "knn", "mpnn")  # auto is chosen explicitly: it repeats the gc or knn rows it picks
@@ -100,8 +102,7 @@ def campaign_diagnostics(run_dir: Path, values: np.ndarray, threshold: float, ma
 
     ``score`` of a simulation record is the model's predicted mean when the molecule was queued.
     """
-    training = [json.loads(line) for line in (run_dir / "training_records.jsonl").read_text().splitlines()
-                if line.strip()]
+    training = read_jsonl(run_dir / TRAINING_RECORDS)
     scored = [r for r in training if "holdout_mae" in r]
     picked = [r for r in records if r.get("score") is not None and r["success"]]
     predicted = np.array([r["score"] for r in picked], dtype=float)
@@ -124,9 +125,9 @@ def campaign_diagnostics(run_dir: Path, values: np.ndarray, threshold: float, ma
         if (~top).any() else None,
         "pool_std": float(np.std(values)),
     }
-    screening_path = run_dir / "screening_records.jsonl"
+    screening_path = run_dir / SCREENING_RECORDS
     if screening_path.exists():
-        screening = [json.loads(line) for line in screening_path.read_text().splitlines() if line.strip()]
+        screening = read_jsonl(screening_path)
         stds = [t["std"] for s in screening[-5:] for t in s.get("top", []) if t.get("std") is not None]
         diagnostics["screening_rounds"] = len(screening)
         diagnostics["top_predicted_std_last"] = float(np.mean(stds)) if stds else None
@@ -153,9 +154,7 @@ def run_campaign(args: argparse.Namespace, key: dict[str, Any], direction: list[
         wall = time.perf_counter() - start
         output = "".join((Path(runs_dir) / name).read_text()[-1500:] for name in ("campaign.out", "campaign.err"))
         run_dirs = [p for p in Path(runs_dir).iterdir() if p.is_dir()]
-        records_path = run_dirs[0] / "simulation_records.jsonl" if run_dirs else None
-        records = [json.loads(line) for line in records_path.read_text().splitlines()
-                   if line.strip()] if records_path and records_path.exists() else []
+        records = read_jsonl(run_dirs[0] / SIMULATION_RECORDS) if run_dirs else []
         records = [r for r in records if not r.get("abandoned")]
         if returncode != 0 and not (timed_out and len(records) >= key["budget"]):
             return {**key, "error": f"exit {returncode}{' after the time limit' if timed_out else ''}: {output}",
@@ -193,7 +192,7 @@ def run_to_end(command: list[str], runs_dir: Path, budget: int, args: argparse.N
                 time.sleep(2)
                 now = time.monotonic()
                 if all_recorded_at is None:
-                    records = list(runs_dir.glob("*/simulation_records.jsonl"))
+                    records = list(runs_dir.glob(f"*/{SIMULATION_RECORDS}"))
                     if records and records[0].read_bytes().count(b"\n") >= budget:
                         all_recorded_at = now
                 hung = all_recorded_at is not None and now - all_recorded_at > args.hang_grace

@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from store.names import SIMULATION_RECORDS, TRAINING_RECORDS  # noqa: E402
+from store.rundir import read_jsonl  # noqa: E402
 from tests.clusters import local_slurm, remote_site  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -47,10 +49,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def measure(command: list[str], env: dict[str, str], runs: Path, cwd: Path) -> dict:
     """Run one launcher and read from its records when the first QC and ml tasks started."""
     start = time.time()
@@ -59,9 +57,9 @@ def measure(command: list[str], env: dict[str, str], runs: Path, cwd: Path) -> d
     if done.returncode != 0:
         raise RuntimeError(f"{command[:3]} exited {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
     run_dir = next(d for d in runs.iterdir() if d.is_dir())
-    qc = [r["timestamp_compute_started"] for r in records(run_dir / "simulation_records.jsonl")
+    qc = [r["timestamp_compute_started"] for r in read_jsonl(run_dir / SIMULATION_RECORDS)
           if r.get("timestamp_compute_started")]
-    ml = [r["timestamp_compute_started"] for r in records(run_dir / "training_records.jsonl")
+    ml = [r["timestamp_compute_started"] for r in read_jsonl(run_dir / TRAINING_RECORDS)
           if r.get("timestamp_compute_started")]
     return {"first_qc_s": round(min(qc) - start, 2), "first_ml_s": round(min(ml) - start, 2) if ml else None,
             "wall_s": round(wall, 1)}

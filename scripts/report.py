@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reporting.report import write_report  # noqa: E402
+from store.names import RUN_PARAMS  # noqa: E402
 
 
 def main() -> None:
@@ -17,8 +18,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (runs/<UTC time>-<hash>)")
     parser.add_argument("--top-k", type=int, default=100, help="QM9 top-k line in lookup mode")
     args = parser.parse_args()
-    if not (args.run_dir / "run_params.json").is_file():
-        parser.error(f"{args.run_dir} is not a run directory (no run_params.json)")
+    if not (args.run_dir / RUN_PARAMS).is_file():
+        parser.error(f"{args.run_dir} is not a run directory (no {RUN_PARAMS})")
     print(write_report(args.run_dir, top_k=args.top_k))
 
 

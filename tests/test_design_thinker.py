@@ -4,6 +4,7 @@ QC is replaced by a lookup of QM9's own HOMO energies (a "lookup objective"), so
 the in-flight count and the stop condition are checked at full speed. The real path is in test_e2e.py.
 """
 
+import multiprocessing
 import threading
 import time
 
@@ -12,12 +13,14 @@ import pytest
 from colmena.queue.python import PipeQueues
 from colmena.task_server.local import LocalTaskServer
 
-from configs.names import TOPICS
 from methods.data import CACHE_VERSION
 from methods.library import Library, featurize_block, missing_blocks
 from methods.surrogates import score_block, train_surrogate
+from store.names import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS
+from store.rundir import RunDirectory
+from store.summaries import summarize_design as summarize
 from thinkers.design import INITIAL_BATCH, DesignPlan, DesignThinker, candidate
-from thinkers.records import SCREENING_RECORDS, SIMULATION_RECORDS, TRAINING_RECORDS, RunDirectory, summarize
+from thinkers.topics import DESIGN_TOPICS
 
 _VALUES: dict[str, float] = {}
 
@@ -93,7 +96,7 @@ def test_thinker_keeps_slots_full_and_stops_at_budget(tmp_path, qm9, qc_batch):
     plan = DesignPlan(total_evaluations=60, initial_count=10, parallel_guesses=3, qc_batch=qc_batch,
                       generate_size=24, retrain_after=4, ml_workers=1, model="gc", maximize=True, seed=1)
     pool_rows = np.random.default_rng(0).choice(len(qm9), 3000, replace=False)
-    queues = ThreadSafePipeQueues(topics=TOPICS)
+    queues = ThreadSafePipeQueues(topics=DESIGN_TOPICS)
     methods = [evaluate_molecules, train_surrogate, missing_blocks, featurize_block, score_block]
     server = LocalTaskServer(queues, methods, threads=True, num_workers=8)
     run_dir = RunDirectory.create(tmp_path, {"test": qc_batch})
@@ -155,7 +158,7 @@ def test_thinker_keeps_slots_full_and_stops_at_budget(tmp_path, qm9, qc_batch):
     assert 0 < summary["qc_utilization"] <= 1
 
 
-_RELEASE_TRAINING = threading.Event()
+_RELEASE_TRAINING = multiprocessing.Event()  # the task server is a forked process: a thread event would not reach it
 
 
 def lost_training(*args, **kwargs):
@@ -172,7 +175,7 @@ def test_generator_waiting_for_a_lost_ml_task_does_not_outlive_the_campaign(tmp_
     plan = DesignPlan(total_evaluations=12, initial_count=12, parallel_guesses=3, qc_batch=1, generate_size=8,
                       retrain_after=4, ml_workers=1, model="gc", maximize=True, seed=1)
     pool_rows = np.random.default_rng(0).choice(len(qm9), 3000, replace=False)
-    queues = ThreadSafePipeQueues(topics=TOPICS)
+    queues = ThreadSafePipeQueues(topics=DESIGN_TOPICS)
     methods = [evaluate_molecules, lost_training, missing_blocks, featurize_block, score_block]
     server = LocalTaskServer(queues, methods, threads=True, num_workers=4)
     run_dir = RunDirectory.create(tmp_path, {"test": "lost"})
@@ -187,7 +190,11 @@ def test_generator_waiting_for_a_lost_ml_task_does_not_outlive_the_campaign(tmp_
         _RELEASE_TRAINING.set()
         queues.send_kill_signal()
         server.join(timeout=30)
+        server_stuck = server.is_alive()
+        if server_stuck:
+            server.terminate()
     run_dir.close()
     assert not stuck, "the generator kept waiting for an ml result after the campaign ended"
+    assert not server_stuck, "the task server did not stop once the lost training was released"
     assert len(run_dir.read_records(SIMULATION_RECORDS)) == plan.total_evaluations
     assert run_dir.read_records(TRAINING_RECORDS) == []  # the training never returned: nothing was made up

@@ -2,7 +2,7 @@
 
 import pytest
 
-from thinkers.forcefield import audit_error, next_run_length
+from thinkers.forcefield_rules import audit_error, next_run_length
 from thinkers.proxies import ProxyLedger
 
 
@@ -35,7 +35,7 @@ def test_audit_decision_continues_or_restarts():
     """The thinker's audit: within tolerance the trajectory continues from the audited structure, else restarts."""
     from ase.build import molecule
 
-    from thinkers.forcefield import QCJob, Trajectory
+    from thinkers.forcefield_rules import QCJob, Trajectory
 
     class Stub:
         plan = type("Plan", (), {"energy_tolerance": 0.01, "min_run_length": 20, "max_run_length": 400})()
@@ -101,8 +101,9 @@ def test_resume_drops_a_train_db_row_whose_record_was_never_written(tmp_path):
     import ase.db
     from ase import Atoms
 
-    from thinkers.forcefield import SIMULATION_RECORDS, ForcefieldHistory
-    from thinkers.records import RunDirectory
+    from store.names import SIMULATION_RECORDS
+    from store.rundir import RunDirectory
+    from thinkers.forcefield_resume import ForcefieldHistory
 
     run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
     with ase.db.connect(run_dir.path / "train.db") as db:
@@ -125,8 +126,10 @@ def test_resume_knows_whether_the_reloaded_ensemble_was_measured(tmp_path, evalu
     keeps one point per round, in round order, whichever attempt measured it."""
     import pickle
 
-    from thinkers.forcefield import TRAINING_RECORDS, ForcefieldHistory, summarize
-    from thinkers.records import RunDirectory
+    from store.names import TRAINING_RECORDS
+    from store.rundir import RunDirectory
+    from store.summaries import summarize_forcefield as summarize
+    from thinkers.forcefield_resume import ForcefieldHistory
 
     run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
     for round_, calls in ((1, 20), (2, 36)):
@@ -158,8 +161,9 @@ def test_resume_knows_whether_the_reloaded_ensemble_was_measured(tmp_path, evalu
 def test_a_job_redone_by_one_resume_is_not_redone_again_by_the_next(tmp_path):
     """Killed twice: the first resume sent job 2 again as job 3 (killed again before it finished) and job 4 as
     job 5 (finished). The second resume redoes job 3 only: job 2 lives on as job 3, job 4 as job 5."""
-    from thinkers.forcefield import SIMULATION_RECORDS, SUBMITTED_RECORDS, ForcefieldHistory
-    from thinkers.records import RunDirectory
+    from store.names import SIMULATION_RECORDS, SUBMITTED_RECORDS
+    from store.rundir import RunDirectory
+    from thinkers.forcefield_resume import ForcefieldHistory
 
     run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
     h2 = {"numbers": [1, 1], "positions": [[0, 0, 0], [0, 0, 0.74]], "source": "active", "molecule": "H2"}
@@ -181,8 +185,9 @@ def test_a_lock_file_left_by_a_killed_write_does_not_stop_the_resume(tmp_path):
 
     from ase import Atoms
 
-    from thinkers.forcefield import ForcefieldHistory, open_train_db
-    from thinkers.records import RunDirectory
+    from store.rundir import RunDirectory
+    from store.traindb import open_train_db
+    from thinkers.forcefield_resume import ForcefieldHistory
 
     run_dir = RunDirectory.create(tmp_path, {"campaign": "forcefield"})
     database = run_dir.path / "train.db"
@@ -208,7 +213,8 @@ def test_a_pool_below_the_inference_batch_is_picked_from_once_nothing_else_can_m
 
     from ase.build import molecule
 
-    from thinkers.forcefield import ForcefieldThinker, QCJob, Trajectory
+    from thinkers.forcefield import ForcefieldThinker
+    from thinkers.forcefield_rules import QCJob, Trajectory
 
     class Stub:
         pass

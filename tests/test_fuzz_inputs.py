@@ -19,9 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rdkit import Chem, RDLogger
 
-import run
-from configs.search_space import SearchSpace, load_search_space
-from configs.settings import (
+import campaigns.cli as run
+from configs.settings.models import (
     CampaignSettings,
     CommonSettings,
     ForcefieldSettings,
@@ -29,6 +28,7 @@ from configs.settings import (
     SettingsError,
     load_qc_config,
 )
+from configs.settings.search_space import SearchSpace, load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 ELEMENTS = frozenset({"H", "C", "N", "O", "F"})
@@ -98,7 +98,7 @@ def write_file(directory: str, suffix: str, data: bytes, compress: bool | None =
 
 
 def check_canonical_and_valid(smiles: str, max_heavy_atoms: int = 30) -> None:
-    """The rules, checked independently of configs.search_space."""
+    """The rules, checked independently of configs.settings.search_space."""
     mol = Chem.MolFromSmiles(smiles)
     assert mol is not None, smiles
     assert Chem.MolToSmiles(mol) == smiles

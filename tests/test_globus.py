@@ -15,10 +15,11 @@ from colmena.queue import PipeQueues
 from colmena.task_server.globus import GlobusComputeTaskServer
 from globus_compute_sdk import Executor
 
-from configs import globus
-from configs.globus import GlobusTaskServer, build_globus_task_server, endpoint_option
-from configs.names import ML_EXECUTOR, ML_TOPIC, QC_EXECUTOR, SIMULATION_TOPIC
-from configs.settings import SettingsError
+from configs.settings.models import SettingsError
+from configs.sites import globus
+from configs.sites.executors import ML_EXECUTOR, QC_EXECUTOR
+from configs.sites.globus import GlobusTaskServer, build_globus_task_server, endpoint_option
+from thinkers.topics import ML_TOPIC, QC_TOPIC
 
 QC_EP = "11111111-1111-4111-8111-111111111111"
 ML_EP = "22222222-2222-4222-8222-222222222222"
@@ -88,7 +89,7 @@ def fake_executor(monkeypatch):
 
 @pytest.fixture
 def queues():
-    return PipeQueues([SIMULATION_TOPIC, ML_TOPIC], keep_inputs=True)
+    return PipeQueues([QC_TOPIC, ML_TOPIC], keep_inputs=True)
 
 
 def make_server(queues, client=None):
@@ -243,7 +244,7 @@ def test_submission_goes_to_the_methods_endpoint_and_the_result_comes_back(queue
     server._setup()
     qc_exec, ml_exec = executor_for(QC_EP), executor_for(ML_EP)
 
-    topic, task = next_task(queues, "qc_energy", SIMULATION_TOPIC, 21)
+    topic, task = next_task(queues, "qc_energy", QC_TOPIC, 21)
     server.process_queue(topic, task)
     assert len(qc_exec.submitted) == 1 and ml_exec.submitted == []
     func_id, kwargs, future = qc_exec.submitted[0]
@@ -252,7 +253,7 @@ def test_submission_goes_to_the_methods_endpoint_and_the_result_comes_back(queue
     assert not math.isnan(task.timestamp.start_task_submission)
 
     with pytest.raises(TimeoutException):  # nothing goes back before the endpoint answers
-        queues.get_result(SIMULATION_TOPIC, timeout=0.2)
+        queues.get_result(QC_TOPIC, timeout=0.2)
 
     done = task.model_copy(deep=True)
     done.deserialize()
@@ -260,7 +261,7 @@ def test_submission_goes_to_the_methods_endpoint_and_the_result_comes_back(queue
     done.serialize()
     future.set_result(done)  # runs the callback, as the SDK's result thread would
 
-    result = queues.get_result(SIMULATION_TOPIC, timeout=5)
+    result = queues.get_result(QC_TOPIC, timeout=5)
     assert result.task_id == task.task_id
     assert result.success is True
     assert result.value == 42
@@ -275,11 +276,11 @@ def test_submission_goes_to_the_methods_endpoint_and_the_result_comes_back(queue
 def test_a_failed_task_comes_back_as_a_failure(queues, fake_executor):
     server = make_server(queues)
     server._setup()
-    topic, task = next_task(queues, "qc_energy", SIMULATION_TOPIC, 1)
+    topic, task = next_task(queues, "qc_energy", QC_TOPIC, 1)
     server.process_queue(topic, task)
     executor_for(QC_EP).submitted[0][2].set_exception(RuntimeError("endpoint exploded"))
 
-    result = queues.get_result(SIMULATION_TOPIC, timeout=5)
+    result = queues.get_result(QC_TOPIC, timeout=5)
     assert result.success is False
     assert "endpoint exploded" in result.failure_info.exception
 
@@ -301,14 +302,14 @@ def test_a_lost_manager_is_resubmitted_to_the_same_endpoint(queues, fake_executo
 def test_a_future_cancelled_at_shutdown_sends_nothing(queues, fake_executor):
     server = make_server(queues)
     server._setup()
-    topic, task = next_task(queues, "qc_energy", SIMULATION_TOPIC, 1)
+    topic, task = next_task(queues, "qc_energy", QC_TOPIC, 1)
     server.process_queue(topic, task)
     future = executor_for(QC_EP).submitted[0][2]
     with mock.patch.object(GlobusComputeTaskServer, "perform_callback") as colmena_callback:
         assert future.cancel()
     colmena_callback.assert_not_called()
     with pytest.raises(TimeoutException):
-        queues.get_result(SIMULATION_TOPIC, timeout=0.2)
+        queues.get_result(QC_TOPIC, timeout=0.2)
 
 
 def test_the_server_loop_runs_tasks_on_both_endpoints_and_shuts_executors_down(queues, fake_executor):
@@ -319,9 +320,9 @@ def test_the_server_loop_runs_tasks_on_both_endpoints_and_shuts_executors_down(q
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
 
-    queues.send_inputs(5, method="qc_energy", topic=SIMULATION_TOPIC)
+    queues.send_inputs(5, method="qc_energy", topic=QC_TOPIC)
     queues.send_inputs(5, method="ml_predict", topic=ML_TOPIC)
-    qc_result = queues.get_result(SIMULATION_TOPIC, timeout=10)
+    qc_result = queues.get_result(QC_TOPIC, timeout=10)
     ml_result = queues.get_result(ML_TOPIC, timeout=10)
     queues.send_kill_signal()
     thread.join(timeout=10)

@@ -7,8 +7,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-import run
-from configs.settings import CampaignSettings
+import campaigns.cli as run
+from configs.settings.models import CampaignSettings
 from methods import simulate
 from methods.simulate import (
     HARTREE_TO_EV,
@@ -112,10 +112,10 @@ class CapturingRunDirectory:
 
 
 def test_design_campaign_records_the_option_in_qc_spec_json():
-    from thinkers.design import assemble
+    from campaigns.design import assemble
 
     run_dir = CapturingRunDirectory()
     with pytest.raises(Written):
-        assemble(CampaignSettings(ie_correction="shift"), run_dir, CONFIG)
+        assemble(CampaignSettings(ie_correction="shift"), run_dir, CONFIG, None)
     assert run_dir.files["qc_spec.json"]["ie_correction"] == "shift"
     assert run_dir.files["qc_spec.json"]["units"] == "eV"

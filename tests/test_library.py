@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from configs.search_space import load_search_space
+from configs.settings.search_space import load_search_space
 from methods.chem import SUPPORTED_ELEMENTS
 from methods.library import BLOCK, Library, featurize_block, missing_blocks, score_block
 from methods.mpnn import featurize
@@ -58,7 +58,8 @@ def test_featurize_block_refuses_a_block_of_the_wrong_size(cache):
 
 
 def test_a_checked_search_space_is_cached_by_content(cache, tmp_path, monkeypatch):
-    monkeypatch.setattr("configs.search_space.CACHE_MIN_BYTES", 0)  # the rule is for big files; test a small one
+    # The caching rule is for big files; test it on a small one.
+    monkeypatch.setattr("configs.settings.search_space.CACHE_MIN_BYTES", 0)
     path = tmp_path / "lib.smi"
     path.write_text("\n".join(HALOGEN_SULFUR + ["[Si](C)(C)C", "C[N+](C)(C)C"]) + "\n")
     first = load_search_space(path, elements=SUPPORTED_ELEMENTS)

@@ -6,13 +6,8 @@ import sys
 
 import pytest
 
-from thinkers.records import (
-    ATTEMPT_RECORDS,
-    RunDirectory,
-    RunDirectoryError,
-    read_jsonl,
-    set_aside_torn_tail,
-)
+from store.names import ATTEMPT_RECORDS
+from store.rundir import RunDirectory, RunDirectoryError, read_jsonl, set_aside_torn_tail
 
 
 def test_a_torn_last_line_is_set_aside_and_never_glued_to_the_next_record(tmp_path):
@@ -39,7 +34,7 @@ def test_one_process_owns_a_run_directory_and_a_resume_counts_attempts(tmp_path)
     run_dir.begin_attempt({"pid": 1})
     # Another process cannot take it while this one holds it (POSIX locks are per process).
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys; from thinkers.records import RunDirectory as R; R.reopen(sys.argv[1])",
+        [sys.executable, "-c", "import sys; from store.rundir import RunDirectory as R; R.reopen(sys.argv[1])",
          str(run_dir.path)], capture_output=True, text=True)
     assert probe.returncode != 0 and "in use by a running molsteer process" in probe.stderr
     run_dir.close()

@@ -20,10 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from configs.lifeline import marked_processes
+from configs.services.lifeline import marked_processes
+from store.rundir import read_jsonl as records_of
 from tests.conftest import free_port, needs_redis
 from tests.test_e2e import ROOT, read_jsonl
-from thinkers.records import read_jsonl as records_of
 
 pytestmark = [needs_redis, pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -162,22 +162,70 @@ def test_non_finite_energy_and_calculator_errors_are_data():
     assert at_start.steps_done == 0 and at_start.frames == [] and at_start.failure.startswith("calculator failed")
 
 
-def test_run_sampling_takes_a_model_or_a_list(monkeypatch):
-    import sys
-    import types
+class MeanOf(Calculator):
+    """The mean energy and forces of some calculators, each evaluated on its own: the ensemble contract, by hand."""
 
-    class Model:
-        def calculator(self):
-            return EMT()
+    implemented_properties = ["energy", "forces"]
 
-    fake = types.ModuleType("methods.mlip")
-    fake.EnsembleCalculator = lambda models: models[0].calculator()  # the real one needs TensorFlow
-    monkeypatch.setitem(sys.modules, "methods.mlip", fake)
+    def __init__(self, *calculators):
+        super().__init__()
+        self.calculators = calculators
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        energies, forces = [], []
+        for calculator in self.calculators:
+            copy = Atoms(numbers=self.atoms.numbers, positions=self.atoms.positions)
+            copy.calc = calculator
+            energies.append(copy.get_potential_energy())
+            forces.append(copy.get_forces())
+        self.results = {"energy": float(np.mean(energies)), "forces": np.mean(forces, axis=0)}
+
+
+def _tiny_potential(seed):
+    """A real, untrained potential small enough for a test; its readout is scaled up so that its forces (about
+    1 eV/Å on water) move the atoms measurably within a few steps and two seeds drive visibly different MD."""
+    from methods.mlip import PotentialConfig, _weight_shapes, create_potential
+
+    config = PotentialConfig(max_atoms=3, n_features=8, n_interactions=1, n_rbf=8, n_radial=2)
+    potential = create_potential(config, seed=seed)
+    names = [name for name, _ in _weight_shapes(config)]
+    potential.weights[names.index("readout_kernel2")] *= 100.0
+    return potential
+
+
+def test_run_sampling_takes_a_model_or_a_list():
+    """One model drives the MD by itself; a list is one ensemble whose members' MEAN energy and forces drive it
+    (``run_sampling``'s contract), not its first member, with real ``methods.mlip`` potentials."""
+    first, second = _tiny_potential(0), _tiny_potential(1)
     start = molecule("H2O")
-    single = run_sampling(Model(), start, start, 20, 300.0, 0.5, 5, 1)
-    ensemble = run_sampling([Model(), Model()], start, start, 20, 300.0, 0.5, 5, 1)
-    assert single.steps_done == ensemble.steps_done == 20 and len(single.frames) == 4
-    assert np.array_equal(single.final.positions, ensemble.final.positions)
+    md = {"steps": 12, "temperature": 300.0, "timestep": 0.5, "sample_every": 4, "seed": 1}
+
+    alone = run_sampling(first, start, start, **md)
+    as_list = run_sampling([first], start, start, **md)
+    ensemble = run_sampling([first, second], start, start, **md)
+    second_alone = run_sampling(second, start, start, **md)
+    by_hand = run_md(MeanOf(first.calculator(), second.calculator()), start, start, **md)
+
+    for result in (alone, as_list, ensemble, second_alone, by_hand):
+        assert result.failure is None and result.steps_done == 12 and len(result.frames) == 3
+    # a one-member list is that model
+    assert np.array_equal(as_list.final.positions, alone.final.positions)
+    assert as_list.final_energy == alone.final_energy
+    # two members: the MD follows their mean, which is neither member alone
+    assert np.allclose(ensemble.final.positions, by_hand.final.positions, atol=1e-5, rtol=0)
+    assert ensemble.final_energy == pytest.approx(by_hand.final_energy, abs=1e-4)
+    for member in (alone, second_alone):
+        assert np.abs(ensemble.final.positions - member.final.positions).max() > 1e-3
+        assert abs(ensemble.final_energy - member.final_energy) > 0.1
+    # and the reported energy is the members' mean at the structure the ensemble reached
+    members = []
+    for potential in (first, second):
+        final = ensemble.final.copy()
+        final.calc = potential.calculator()
+        members.append(final.get_potential_energy())
+    assert abs(members[0] - members[1]) > 0.1
+    assert ensemble.final_energy == pytest.approx(np.mean(members), abs=1e-4)
 
 
 def test_displaced_copies():

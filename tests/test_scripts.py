@@ -22,12 +22,16 @@ def run_script(*args: str, timeout: int = 600) -> dict:
 
 @pytest.mark.timeout(300)
 def test_bench_qc_xtb():
+    """GFN2-xTB evaluates every molecule of the fixed sample (seed 0: four ordinary QM9 molecules, which all
+    succeed): the timings describe real relaxations, not failures that returned early."""
     data = run_script("scripts/bench_qc.py", "--codes", "xtb", "--n-xtb", "4")
     (xtb,) = data["results"]
     assert xtb["code"] == "xtb" and xtb["molecules"] == 4
-    assert xtb["failures"] < 4
-    assert 0 < xtb["median_s"] <= xtb["p90_s"]
+    assert xtb["failures"] == 0 and xtb["failure_reasons"] == [], xtb["failure_reasons"]
+    assert xtb["warmup_ok"] is True
+    assert 0 < xtb["median_s"] <= xtb["p90_s"] and xtb["median_s"] == xtb["parts"]["total"]["median"]
     assert xtb["parts"]["relax"]["median"] > 0 and xtb["parts"]["embed"]["median"] > 0
+    assert xtb["median_relax_steps"] >= 5  # a relaxation from an RDKit geometry takes tens of steps (about 55 here)
 
 
 @needs_redis
@@ -58,13 +62,22 @@ def test_bench_search_tiny():
 
 @pytest.mark.timeout(400)
 def test_bench_models_tiny():
+    """Hold-out errors on QM9's -HOMO (eV) in the range each method reaches on 60 training molecules.
+
+    Measured here (seed 0, deterministic): predicting the training mean 0.39 eV; gc 0.25; knn 0.34; the MPNN after
+    3 epochs, barely trained, 0.44. A model predicting in the wrong units, or a constant, is off by eV.
+    """
     data = run_script("scripts/bench_models.py", "--n-train", "60", "--n-test", "40", "--ensemble-size", "2",
                       "--epochs", "3", "--episodes", "2")
-    assert data["baseline_mae"] > 0
-    for name in ("gc", "knn", "mpnn"):
-        assert data[name]["mae"] > 0
+    baseline = data["baseline_mae"]
+    assert 0.2 < baseline < 0.8  # QM9's -HOMO spreads over ~0.6 eV (standard deviation)
+    assert 0.05 < data["gc"]["mae"] < 0.8 * baseline  # group contributions learn from 60 molecules
+    assert 0.05 < data["knn"]["mae"] < baseline  # so do the neighbours, less
+    assert 0.05 < data["mpnn"]["mae"] < 1.5 * baseline  # 3 epochs: near the mean, not off by eV
+    assert 0 < data["mpnn"]["mean_std"] < 2.0 and data["mpnn"]["ensemble_size"] == 2
     assert len(data["mpnn"]["member_train_s"]) == 2
     assert data["rl"]["episodes"] == 2 and data["rl"]["round_s"] > 0
+    assert data["rl"]["molecules_proposed"] > 0 and 0 < data["rl"]["valid_fraction"] <= 1
 
 
 @pytest.mark.timeout(300)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from rdkit import rdBase
 
-from configs import search_space
-from configs.search_space import MAX_LINE_BYTES, SearchSpace, load_search_space, skipped_summary
-from configs.settings import SettingsError
+from configs.settings import search_space
+from configs.settings.models import SettingsError
+from configs.settings.search_space import MAX_LINE_BYTES, SearchSpace, load_search_space, skipped_summary
 
 SMI = """\
 # a library with every kind of line
@@ -118,7 +118,7 @@ def test_overlong_line_is_skipped_not_read_whole(tmp_path):
 
 def test_skipped_lines_are_logged_and_rdkit_stays_quiet(tmp_path, caplog, capfd):
     before = rdBase.LogStatus()
-    with caplog.at_level(logging.WARNING, logger="configs.search_space"):
+    with caplog.at_level(logging.WARNING, logger="configs.settings.search_space"):
         space = load_search_space(write(tmp_path / "lib.smi", SMI))
     assert rdBase.LogStatus() == before
     captured = capfd.readouterr()

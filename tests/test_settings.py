@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from configs.settings import CampaignSettings, SettingsError, load_qc_config
+from configs.settings.models import CampaignSettings, SettingsError, load_qc_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_task_config_puts_scratch_in_the_run_directory(tmp_path):
 
 
 def test_forcefield_help_documents_every_option():
-    from configs.settings import ForcefieldSettings
+    from configs.settings.models import ForcefieldSettings
 
     result = run_cli("forcefield", "--help")
     assert result.returncode == 0
@@ -94,7 +94,7 @@ def test_forcefield_bad_options_exit_2_with_one_line(args, fragment):
 
 
 def test_forcefield_defaults():
-    from configs.settings import ForcefieldSettings
+    from configs.settings.models import ForcefieldSettings
 
     settings = ForcefieldSettings()
     assert settings.method == "GFN2-xTB" and settings.initial_count == 48 < settings.qc_budget

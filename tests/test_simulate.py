@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from configs.settings import load_qc_config
+from configs.settings.models import load_qc_config
 from methods.simulate import (
     QCSpec,
     compute_atom_energies,
@@ -12,8 +12,8 @@ from methods.simulate import (
     evaluate_molecules,
     traceback_cause,
 )
+from store.results import count_failure_reasons
 from tests.conftest import needs_nwchem
-from thinkers.records import count_failure_reasons
 
 XTB = {"code": "xtb", "method": "GFN2-xTB"}
 NWCHEM_HF = {"code": "nwchem", "method": "hf", "basis": "sto-3g"}

@@ -11,11 +11,11 @@ from parsl.executors import HighThroughputExecutor, MPIExecutor
 from parsl.launchers import MpiExecLauncher, SimpleLauncher, SrunLauncher
 from parsl.providers import SlurmProvider
 
-import run
-from configs.remote import SSHProvider, _block_script
-from configs.settings import CampaignSettings, SettingsError
-from configs.sites import SiteOptions, batch_job_nodes, pbs, slurm, split_nodes, workers_share_files
-from configs.sites import multisite as multisite_site
+import campaigns.cli as run
+from configs.settings.models import CampaignSettings, SettingsError
+from configs.sites.catalog import SiteOptions, batch_job_nodes, pbs, slurm, split_nodes, workers_share_files
+from configs.sites.catalog import multisite as multisite_site
+from configs.sites.remote import SSHProvider, _block_script
 from methods.simulate import mpi_task_config
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from store.rundir import read_jsonl
 from tests.clusters import leftover_processes, local_slurm, remote_site
 from tests.conftest import free_port, needs_nwchem, needs_redis
 
@@ -39,7 +40,9 @@ TINY_DESIGN = ["--initial-count", "4", "--search-size", "4", "--qc-workers", "1"
 class PoolWatcher:
     """Samples the Parsl worker pools running during a test: their ancestors' names and network namespace."""
 
-    def __init__(self, marker: str = "") -> None:
+    def __init__(self, marker: str) -> None:
+        if not marker:
+            raise ValueError("a marker is required: without one every worker pool on the machine would count")
         self.marker = marker  # only pools whose command line names it (the test's own runs, not the machine's)
         self.pools: dict[int, dict] = {}
         self._stop = threading.Event()
@@ -67,10 +70,6 @@ class PoolWatcher:
                     }
                 except (psutil.Error, OSError):
                     continue
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def only_run_dir(runs: Path) -> Path:
@@ -105,7 +104,7 @@ def test_run_sh_batch_job_mpiexec_workers_and_a_two_rank_nwchem_task(tmp_path):
                "--min-run-length", "10", "--max-run-length", "10", "--sample-every", "5", "--inference-batch", "4",
                "--n-to-select", "2", "--stability-runs", "0", "--ml-workers", "1", "--qc-nodes-per-task", "2",
                "--qc-config", str(qc_config), "--runs-dir", str(runs)]
-    with PoolWatcher() as watcher:
+    with PoolWatcher(marker=str(tmp_path)) as watcher:
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -138,7 +137,7 @@ def test_slurm_site_gets_workers_through_real_sbatch_jobs(tmp_path):
         command = [sys.executable, "run.py", *TINY_DESIGN, "--site", "slurm", "--slurm-partition", cluster.partition,
                    "--shared-nodes", "--walltime", "00:10:00", "--redis-port", str(free_port()),
                    "--runs-dir", str(runs)]
-        with PoolWatcher() as watcher:
+        with PoolWatcher(marker=str(tmp_path)) as watcher:
             result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-4000:] + cluster.logs()
@@ -195,7 +194,7 @@ def test_multisite_ml_runs_on_the_remote_site_through_ssh_tunnels_only(tmp_path)
                    "--remote-init", f"export PATH={VENV_BIN}:$PATH; cd {ROOT}",
                    "--", "forcefield", *TINY_FORCEFIELD, "--runs-dir", str(runs)]
         env = {**os.environ, "TMPDIR": str(tmp_path), "MOLSTEER_ACTIVATE": f"export PATH={VENV_BIN}:$PATH"}
-        with PoolWatcher() as watcher:
+        with PoolWatcher(marker=str(tmp_path)) as watcher:
             result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-4000:] + remote.logs()

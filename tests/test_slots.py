@@ -16,7 +16,7 @@ import pytest
 from colmena.thinker.resources import ResourceCounter
 
 import thinkers.slots
-from thinkers.forcefield import rebalance
+from thinkers.forcefield_rules import rebalance
 from thinkers.slots import SlotCounter
 
 

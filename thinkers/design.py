@@ -11,40 +11,37 @@ Two agent threads share a priority queue of candidate molecules:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from queue import Empty, PriorityQueue
 from typing import Any
 
 import numpy as np
-from colmena.exceptions import TimeoutException
 from colmena.models import Result
 from colmena.queue.base import ColmenaQueues
 from colmena.thinker import agent, result_processor, task_submitter
 from proxystore.proxy import Proxy, extract
 
-from configs.names import ML_EXECUTOR, ML_TOPIC, QC_EXECUTOR, SIMULATION_TOPIC, TOPICS
 from methods.acquisition import acquire
 from methods.library import BLOCK, Library
-from thinkers.campaign import Assembly, SteeringThinker
-from thinkers.proxies import ProxyLedger
-from thinkers.records import (
+from store.names import (
     FEATURE_RECORDS,
     RL_RECORDS,
     SCREENING_RECORDS,
     SIMULATION_RECORDS,
     SUBMITTED_RECORDS,
     TRAINING_RECORDS,
-    RunDirectory,
-    task_timing,
 )
+from store.results import failure_reason, task_timing
+from store.rundir import RunDirectory
+from thinkers.base import SteeringThinker
+from thinkers.proxies import ProxyLedger
+from thinkers.requests import AwaitedRequests, CampaignStopped
 from thinkers.slots import SlotCounter
+from thinkers.topics import ML_TOPIC, QC_TOPIC
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +117,6 @@ def candidate(smiles: str, row: int, batch: int, rank: int, score: float | None 
     return Candidate((first, rank), smiles, row, batch, rank, score)
 
 
-class CampaignStopped(Exception):
-    """The campaign ended while the generator was waiting for ``ml`` results."""
-
-
 @dataclass(frozen=True)
 class DesignPlan:
     """What the thinker needs to know about the campaign, independent of how the settings were given."""
@@ -151,7 +144,7 @@ class DesignPlan:
 
     @classmethod
     def from_settings(cls, settings: Any, units: str) -> DesignPlan:
-        """Take every field of the same name from validated campaign settings (``configs.settings``)."""
+        """Take every field of the same name from validated campaign settings (``configs.settings.models``)."""
         names = {f.name for f in fields(cls)} - {"total_evaluations", "units"}
         return cls(total_evaluations=settings.total_evaluations, units=units,
                    **{name: getattr(settings, name) for name in names})
@@ -213,7 +206,7 @@ class DesignThinker(SteeringThinker):
         self._state = threading.Condition()
         self._trained_on = 0
         self._round = 0
-        self._ml_out: set[str] = set()  # ml requests sent whose results have not been taken yet
+        self.ml = AwaitedRequests(queues, ML_TOPIC, self.done)  # ml requests the agents await themselves
         self._mpnn_members: list[Any] = []  # the last trained MPNN ensemble, which the next round continues from
         self._batches = itertools.count()
 
@@ -272,47 +265,6 @@ class DesignThinker(SteeringThinker):
     def _is_better(self, value: float, than: float) -> bool:
         return value > than if self.plan.maximize else value < than
 
-    def _send_ml(self, *args: Any, **kwargs: Any) -> None:
-        """Send one ``ml`` request, remembering it until its result is taken (see :meth:`_forget_ml`)."""
-        task_id = self.queues.send_inputs(*args, topic=ML_TOPIC, **kwargs)
-        with self._state:
-            self._ml_out.add(task_id)
-
-    def _forget_ml(self) -> None:
-        """Stop counting the ``ml`` requests whose results will not be awaited any more.
-
-        Colmena's result processors run until every request sent is answered. An ``ml`` task that never
-        returns (lost with its worker, or still running when the QC budget is spent) would keep the QC
-        result processor, and so the run, alive for ever. Colmena has no public call for this; its client
-        keeps the outstanding task ids in ``_active_tasks`` (colmena 0.7.2).
-        """
-        with self._state:
-            outstanding, self._ml_out = self._ml_out, set()
-        queues = self.queues
-        with queues._active_lock:
-            queues._active_tasks.difference_update(outstanding)
-            if not queues._active_tasks:
-                queues._all_complete.set()
-
-    def _wait_for_ml(self, n_tasks: int) -> list[Result]:
-        """Collect ``n_tasks`` results from the ML topic; always drains them, so the queues stay consistent.
-
-        Raises:
-            CampaignStopped: the campaign ended (budget spent, interrupted) while results were still awaited.
-                What they would have produced can no longer be used, and a task lost with the task server
-                would otherwise keep the generator, and so ``run.py``, waiting for ever.
-        """
-        results = []
-        while len(results) < n_tasks:
-            try:
-                results.append(self.queues.get_result(topic=ML_TOPIC, timeout=1))
-                with self._state:
-                    self._ml_out.discard(results[-1].task_id)
-            except TimeoutException:
-                if self.done.is_set():
-                    raise CampaignStopped(f"{n_tasks - len(results)} of {n_tasks} ml results not awaited") from None
-        return results
-
     # --- consumer: keep the QC workers busy ------------------------------------------------------------
 
     @task_submitter(task_type="qc", n_slots=1)
@@ -359,11 +311,11 @@ class DesignThinker(SteeringThinker):
             [c.smiles for c in batch],
             *self.qc_args,
             method="evaluate_molecules",
-            topic=SIMULATION_TOPIC,
+            topic=QC_TOPIC,
             task_info={"candidates": candidates, "submission": submission},
         )
 
-    @result_processor(topic=SIMULATION_TOPIC)
+    @result_processor(topic=QC_TOPIC)
     def store_qc(self, result: Result) -> None:
         """Record every molecule of a finished QC task, success or failure, and free its slot."""
         self.rec.release("qc", 1)
@@ -374,7 +326,7 @@ class DesignThinker(SteeringThinker):
         if result.success:
             outcomes = result.value
         else:  # the whole task failed (worker lost, crash outside a molecule): each molecule failed with it
-            reason = result.failure_info.exception if result.failure_info else "task failed without a reason"
+            reason = failure_reason(result, "task failed without a reason")
             outcomes = [{"smiles": c["smiles"], "success": False, "value": None,
                          "failure_reason": f"task failure: {reason}"} for c in candidates]
         timing = task_timing(result)
@@ -456,7 +408,7 @@ class DesignThinker(SteeringThinker):
             self._generate()
         except CampaignStopped as stopped:
             self.logger.info("Campaign over while the generator waited: %s", stopped)
-            self._forget_ml()
+            self.ml.forget()
 
     def _generate(self) -> None:
         if self.plan.generator == "pool":  # while the first QC results arrive, the ml workers featurize
@@ -536,16 +488,16 @@ class DesignThinker(SteeringThinker):
         names = AUTO_CANDIDATES if self.plan.model == "auto" else (self.plan.model,)
         kinds = sorted({MODELS[name].feature_kind for name in names})
         start = time.monotonic()
-        self._send_ml(self.library, kinds, method="missing_blocks")
-        answer = self._wait_for_ml(1)[0]
+        self.ml.send(self.library, kinds, method="missing_blocks")
+        answer = self.ml.wait(1)[0]
         if not answer.success:
-            raise RuntimeError(f"cannot read the feature cache: {answer.failure_info.exception}")
+            raise RuntimeError(f"cannot read the feature cache: {failure_reason(answer)}")
         missing = [(kind, block) for kind in kinds for block in answer.value[kind]]
         for kind, block in missing:
             rows = self.library.block_rows(block)
-            self._send_ml(self.library, kind, block, self.pool_smiles[rows.start:rows.stop].tolist(),
+            self.ml.send(self.library, kind, block, self.pool_smiles[rows.start:rows.stop].tolist(),
                           method="featurize_block")
-        results = self._wait_for_ml(len(missing))
+        results = self.ml.wait(len(missing))
         self._note_sizes(results)
         failed = [r for r in results if not r.success]
         record = {"library": self.library.key, "kind": "+".join(kinds), "molecules": self.library.size,
@@ -553,7 +505,7 @@ class DesignThinker(SteeringThinker):
                   "blocks_failed": len(failed), "wall_time": time.monotonic() - start,
                   "compute_time": sum(r.time.running or 0.0 for r in results if r.success)}
         if failed:
-            record["failure_reason"] = failed[0].failure_info.exception if failed[0].failure_info else "unknown"
+            record["failure_reason"] = failure_reason(failed[0])
         self.run_dir.records(FEATURE_RECORDS).write(record)
         if failed:
             raise RuntimeError(f"featurizing the search space failed: {record['failure_reason']}")
@@ -603,14 +555,14 @@ class DesignThinker(SteeringThinker):
             block = int(group[0] // BLOCK)
             local = (group - block * BLOCK).astype(np.int32)
             whole = len(local) == len(self.library.block_rows(block))
-            self._send_ml(model, self.library, block, None if whole else local, method="score_block",
+            self.ml.send(model, self.library, block, None if whole else local, method="score_block",
                           task_info={"block": block})
-        scored = self._wait_for_ml(len(groups))
+        scored = self.ml.wait(len(groups))
         self._last_round_largest = self._note_sizes(scored)
         failed = [r for r in scored if not r.success]
         if failed:
             self.logger.error("Scoring failed: %s",
-                              failed[0].failure_info.exception if failed[0].failure_info else "unknown")
+                              failure_reason(failed[0]))
             return np.array([], dtype=str), np.zeros(0), None
         by_block = {int(r.task_info["block"]): r.value for r in scored}
         ordered = [by_block[int(group[0] // BLOCK)] for group in groups]
@@ -630,7 +582,7 @@ class DesignThinker(SteeringThinker):
         starts = ["C"] + [smiles for smiles, _ in ranked[:3]]  # grow from scratch, and edit the best found
         agent = self.ledger.put(self.rl_agent) if self.rl_agent is not None else None  # ~1 MB of weights
         try:
-            self._send_ml(
+            self.ml.send(
                 agent, model, self.plan.rl_episodes, self.plan.maximize, exclude,
                 method="generate_molecules",
                 input_kwargs={"n_propose": 2 * self.plan.generate_size,
@@ -638,14 +590,14 @@ class DesignThinker(SteeringThinker):
                               "seed": self.plan.seed + self._round,
                               "result_store": self.ledger.store.config() if self.ledger.store else None},
             )
-            result = self._wait_for_ml(1)[0]
+            result = self.ml.wait(1)[0]
         finally:
             if agent is not None:
                 self.ledger.retire(agent)
         self._note_sizes([result])
         record: dict[str, Any] = {"round": self._round, "success": result.success, **task_timing(result)}
         if not result.success:
-            record["failure_reason"] = result.failure_info.exception if result.failure_info else "unknown"
+            record["failure_reason"] = failure_reason(result)
             self.run_dir.records(RL_RECORDS).write(record)
             self.logger.error("RL generation failed: %s", record["failure_reason"])
             return np.array([], dtype=str), np.zeros(0), None
@@ -676,13 +628,13 @@ class DesignThinker(SteeringThinker):
                 if member < len(previous):
                     warm.append(self.ledger.put(previous[member]))
                     kwargs.update(initial=warm[-1], epochs=self.plan.mpnn_warm_epochs)
-                self._send_ml(smiles, values, method="train_mpnn", input_kwargs=kwargs)
+                self.ml.send(smiles, values, method="train_mpnn", input_kwargs=kwargs)
         elif self.plan.model == "auto":
-            self._send_ml(smiles, values, self.plan.seed, method="select_surrogate")
+            self.ml.send(smiles, values, self.plan.seed, method="select_surrogate")
         else:
-            self._send_ml(self.plan.model, smiles, values, self.plan.seed, method="train_surrogate")
+            self.ml.send(self.plan.model, smiles, values, self.plan.seed, method="train_surrogate")
         try:
-            results = self._wait_for_ml(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
+            results = self.ml.wait(self.plan.ensemble_size if self.plan.model == "mpnn" else 1)
         finally:
             for handle in warm:
                 self.ledger.retire(handle)
@@ -690,7 +642,7 @@ class DesignThinker(SteeringThinker):
         record: dict[str, Any] = {"round": self._round, "model": self.plan.model, "n_train": len(smiles),
                                   "success": all(r.success for r in results),
                                   "time_running": [r.time.running for r in results], **task_timing(results[0])}
-        failures = [r.failure_info.exception if r.failure_info else "unknown" for r in results if not r.success]
+        failures = [failure_reason(r) for r in results if not r.success]
         if failures:
             record["failure_reason"] = failures[0]
         good = [r.value for r in results if r.success]
@@ -713,153 +665,3 @@ class DesignThinker(SteeringThinker):
         if model is None:
             self.logger.error("Model training failed: %s", record.get("failure_reason"))
         return model
-
-def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[str, Any]) -> dict[str, float]:
-    """Compute the isolated-atom reference energies once, on a QC worker, before the campaign starts.
-
-    Raises:
-        RuntimeError: the calculation failed; atomization energies cannot be computed without it.
-    """
-    queues.send_inputs(spec, task_config, method="compute_atom_energies", topic=SIMULATION_TOPIC)
-    while True:
-        try:
-            result = queues.get_result(topic=SIMULATION_TOPIC, timeout=1)
-            break
-        except TimeoutException:
-            continue
-    if not result.success:
-        reason = result.failure_info.exception if result.failure_info else "unknown"
-        raise RuntimeError(f"reference atom energies failed: {reason}")
-    return result.value
-
-
-def check(settings: Any) -> None:
-    """Reject settings that cannot run, before anything starts or any run directory is made.
-
-    Raises:
-        SettingsError: the pool is smaller than the QC budget.
-    """
-    from configs.settings import SettingsError
-
-    if settings.pool_size is not None and settings.pool_size < settings.total_evaluations:
-        raise SettingsError(f"--pool-size {settings.pool_size} is smaller than the QC budget "
-                            f"({settings.total_evaluations} evaluations)")
-    if settings.search_space is not None:
-        space = search_space(settings.search_space)
-        size = min(len(space.smiles), settings.pool_size or len(space.smiles))
-        if size < settings.total_evaluations:
-            raise SettingsError(f"--search-space {settings.search_space}: {size} valid molecules, fewer than the QC "
-                                f"budget ({settings.total_evaluations} evaluations)")
-        if settings.qc_code == "qm9":
-            logger.warning("--qc-code qm9 with --search-space: molecules not in QM9 are recorded as failed lookups")
-
-
-@functools.lru_cache(maxsize=1)
-def search_space(path: Path) -> Any:
-    """The validated molecules of a ``--search-space`` file, read once per process (by check, used by assemble).
-
-    Raises:
-        SettingsError: the file cannot be used (the message names the file, and the line where it matters).
-    """
-    from configs.search_space import load_search_space
-    from methods.chem import SUPPORTED_ELEMENTS
-
-    return load_search_space(path, elements=frozenset(SUPPORTED_ELEMENTS))
-
-
-def task_methods(settings: Any) -> tuple[tuple[str, ...], list[tuple[Any, str]]]:
-    """The queue topics and worker methods, known before any data is loaded (``run.py`` starts workers first)."""
-    from methods.library import featurize_block, missing_blocks
-    from methods.rl import generate_molecules
-    from methods.simulate import compute_atom_energies, evaluate_molecules
-    from methods.surrogates import score_block, select_surrogate, train_mpnn, train_surrogate
-
-    return TOPICS, [(evaluate_molecules, QC_EXECUTOR), (compute_atom_energies, QC_EXECUTOR),
-                    (train_surrogate, ML_EXECUTOR), (select_surrogate, ML_EXECUTOR), (train_mpnn, ML_EXECUTOR),
-                    (generate_molecules, ML_EXECUTOR),
-                    (missing_blocks, ML_EXECUTOR), (featurize_block, ML_EXECUTOR), (score_block, ML_EXECUTOR)]
-
-
-def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
-    """The design campaign's one assembly point: validated settings → task-server methods and a thinker factory.
-
-    Loads the search space (QM9 or ``--search-space``), saves the level of theory (``qc_spec.json``), and, once
-    the task server runs, computes the reference atom energies the atomization objective needs before the
-    thinker starts. ``run.py`` has run :func:`check` on the settings first. A resumed run
-    (``run_dir.attempt > 0``) takes its state over from the records (:class:`DesignHistory`) and reuses the
-    saved atom energies.
-    """
-    from configs.sites import workers_share_files
-    from methods.data import CACHE_VERSION, load_qm9, sample_pool
-    from methods.simulate import QCSpec
-    from thinkers.proxies import close_proxy_store, open_proxy_store
-    from thinkers.records import summarize
-
-    spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis,
-                  objective=settings.objective, ie_type=settings.ie_type, seed=settings.seed,
-                  timeout=settings.qc_timeout, ie_correction=settings.ie_correction)
-    run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": spec.units, "task_config": task_config})
-    if settings.search_space is not None:  # the user's library (validated by check) replaces QM9 as the pool
-        space = search_space(settings.search_space)
-        if space.skipped:
-            from configs.search_space import skipped_summary
-
-            logger.warning("--search-space %s: %s", settings.search_space, skipped_summary(space))
-        pool_smiles = np.array(space.smiles, dtype=object).astype(str)
-        library = Library(space.key, len(pool_smiles))
-    else:
-        pool_smiles = load_qm9().smiles
-        library = Library(f"qm9-v{CACHE_VERSION}", len(pool_smiles))
-    pool_rows = sample_pool(len(pool_smiles), settings.pool_size, settings.seed)
-    history = DesignHistory.load(run_dir) if run_dir.attempt > 0 else None
-    shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)  # a killed attempt's proxies are unusable
-    ledger = ProxyLedger()
-    holder: dict[str, DesignThinker] = {}
-
-    def build_thinker(queues: ColmenaQueues) -> DesignThinker:
-        atom_energies = None
-        if settings.objective == "atomization-energy" and settings.qc_code != "qm9":
-            saved = run_dir.path / "atom_energies.json"
-            if history is not None and saved.exists():
-                atom_energies = run_dir.read_json("atom_energies.json")["energies"]
-            else:
-                atom_energies = request_atom_energies(queues, spec, task_config)
-                run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
-            logger.info("Reference atom energies (Hartree): %s", atom_energies)
-        plan = DesignPlan.from_settings(settings, units=spec.units)
-        ledger.store = open_proxy_store(run_dir.path, f"molsteer-{run_dir.name}-{run_dir.attempt}",
-                                        queues if not workers_share_files(settings) else None)
-        holder["thinker"] = DesignThinker(queues, plan, run_dir, library, pool_smiles, pool_rows,
-                                          (spec, task_config, atom_energies), history, ledger)
-        return holder["thinker"]
-
-    def close() -> None:
-        if ledger.store is not None:
-            close_proxy_store(ledger.store, ledger)
-            shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)
-
-    def extra() -> dict[str, Any]:
-        thinker = holder.get("thinker")
-        return {**ledger.stats(), "largest_ml_message": thinker.largest_message if thinker else None,
-                "library": {"key": library.key, "molecules": library.size}}
-
-    def headline(summary: dict[str, Any]) -> list[str]:
-        utilization = summary["qc_utilization"]
-        lines = [f"{summary['evaluations']} evaluations, {summary['failures']} failures, QC utilization "
-                 f"{f'{utilization:.1%}' if utilization else 'n/a'}"]
-        if summary["best"]:
-            lines.append(f"Best: {summary['best'][0]['smiles']} {summary['best'][0]['value']:.4g} {spec.units}")
-        return lines
-
-    topics, methods = task_methods(settings)
-    return Assembly(
-        topics=topics,
-        methods=methods,
-        build_thinker=build_thinker,
-        summarize=lambda wall_time: summarize(run_dir, maximize=settings.maximize, n_workers=settings.qc_workers,
-                                              wall_time=wall_time, extra=extra()),
-        headline=headline,
-        close=close,
-        description=f"{settings.objective} with {settings.qc_code} ({settings.method}), "
-                    f"{settings.total_evaluations} evaluations, {settings.qc_workers} QC workers",
-    )

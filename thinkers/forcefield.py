@@ -20,292 +20,57 @@ from __future__ import annotations
 import itertools
 import logging
 import pickle
-import shutil
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ase import Atoms
-from colmena.exceptions import TimeoutException
 from colmena.models import Result
 from colmena.queue.base import ColmenaQueues
-from colmena.thinker import ResourceCounter, agent, result_processor, task_submitter
+from colmena.thinker import agent, result_processor, task_submitter
 
-from configs.names import (
+from store.names import (
+    ALLOCATION_RECORDS,
+    REFERENCE_RECORDS,
+    SAMPLING_RECORDS,
+    SIMULATION_RECORDS,
+    SUBMITTED_RECORDS,
+    TRAINING_RECORDS,
+)
+from store.results import failure_reason, task_timing
+from store.rundir import RunDirectory
+from store.traindb import open_train_db
+from thinkers.base import SteeringThinker
+from thinkers.forcefield_ensemble import EnsembleUse
+from thinkers.forcefield_resume import ForcefieldHistory
+from thinkers.forcefield_rules import (
+    MAX_POOL,
+    ForcefieldPlan,
+    QCJob,
+    Trajectory,
+    audit_error,
+    next_run_length,
+    rebalance,
+)
+from thinkers.proxies import ProxyLedger
+from thinkers.requests import AwaitedRequests
+from thinkers.slots import SlotCounter
+from thinkers.topics import (
     FF_EVALUATE_TOPIC,
     FF_INFER_TOPIC,
     FF_QC_TOPIC,
     FF_REFERENCE_TOPIC,
     FF_SAMPLE_TOPIC,
-    FF_STABILITY_TOPIC,
-    FF_TOPICS,
     FF_TRAIN_TOPIC,
-    ML_EXECUTOR,
-    QC_EXECUTOR,
 )
-from configs.sites import workers_share_files
-from thinkers.campaign import Assembly, SteeringThinker
-from thinkers.proxies import ProxyLedger, close_proxy_store, open_proxy_store
-from thinkers.records import (
-    SUBMITTED_RECORDS,
-    RunDirectory,
-    count_failure_reasons,
-    latest_attempt,
-    task_timing,
-)
-from thinkers.slots import SlotCounter
 
 logger = logging.getLogger(__name__)
 
-SAMPLING_RECORDS = "sampling_records.jsonl"
-INFERENCE_RECORDS = "inference_records.jsonl"
-SIMULATION_RECORDS = "simulation_records.jsonl"
-TRAINING_RECORDS = "training_records.jsonl"
-SELECTION_RECORDS = "selection_records.jsonl"
-ALLOCATION_RECORDS = "allocation_records.jsonl"
-STABILITY_RECORDS = "stability_records.jsonl"
-REFERENCE_RECORDS = "reference_records.jsonl"
 
-MAX_POOL = 2000
-"""Most structures kept waiting for selection; older ones are dropped first (a newer model samples better)."""
-
-
-# --- the rules, as small pure functions (tested on their own) --------------------------------------------------
-
-
-def rebalance(counter: ResourceCounter, backlog: int, sampling_open: bool, cancel: threading.Event) -> str | None:
-    """Move one slot between sampling and QC when the QC backlog says so; returns the move made, if any.
-
-    A backlog of more than twice the QC slots takes a slot from sampling (never its last); an empty backlog gives
-    one back to sampling (QC keeps at least one). The move waits at most 0.5 s for the slot to come free, so the
-    allocator keeps looking at the backlog; with :class:`~thinkers.slots.SlotCounter` a wait that runs out loses
-    nothing.
-
-    Args:
-        counter: The thinker's resource counter, with task types ``sample`` and ``qc``.
-        backlog: QC jobs waiting to be sent (initial, audit and active-learning lists).
-        sampling_open: Whether sampling still runs (a model exists and the final round has not begun).
-        cancel: Set when the campaign ends; a waiting move gives up.
-    """
-    if not sampling_open:
-        return None
-    sample, qc = counter.allocated_slots("sample"), counter.allocated_slots("qc")
-    if backlog > 2 * max(qc, 1) and sample > 1:
-        return "sample→qc" if counter.reallocate("sample", "qc", 1, timeout=0.5, cancel_if=cancel) else None
-    if backlog == 0 and qc > 1:
-        return "qc→sample" if counter.reallocate("qc", "sample", 1, timeout=0.5, cancel_if=cancel) else None
-    return None
-
-
-def open_train_db(path: Path) -> Any:
-    """The run's ASE database of labelled structures, without ASE's lock file.
-
-    ASE locks a database by creating ``<name>.lock`` and deleting it afterwards, so a process killed during a
-    write leaves the file behind and every later writer waits for it for ever. Only one process runs a run
-    directory at a time (the run directory's own lock) and one thread writes, so that lock adds nothing;
-    SQLite's own locking still guards each transaction, and the kernel releases it when a process dies.
-    """
-    import ase.db
-
-    return ase.db.connect(path, use_lock_file=False)
-
-
-def audit_error(model_energy: float, qc_energy: float, n_atoms: int) -> float:
-    """Absolute model error at an audited structure, eV/atom."""
-    return abs(float(model_energy) - float(qc_energy)) / n_atoms
-
-
-def next_run_length(length: int, error: float | None, tolerance: float, shortest: int, longest: int) -> int:
-    """Adapt a trajectory's run length to its audit.
-
-    A failed audit (or a blow-up, ``error=None``) halves it: the model is not yet trusted that far. An audit well
-    inside the tolerance (under half) lengthens it by half: fewer audits per step where the model is good.
-    Otherwise it stays. Always within ``[shortest, longest]``.
-    """
-    if error is None or error > tolerance:
-        length = length // 2
-    elif error < tolerance / 2:
-        length = int(round(length * 1.5))
-    return int(min(longest, max(shortest, length)))
-
-
-@dataclass
-class Trajectory:
-    """One MD trajectory the sampler continues run after run, from its molecule's starting structure."""
-
-    id: int
-    molecule: str
-    start: Atoms
-    run_length: int
-    current: Atoms | None = None
-    busy: bool = False  # a sampling run or its audit is out
-    runs: int = 0
-    restarts: int = 0
-    blowups: int = 0
-
-    def restart(self) -> None:
-        """Back to the starting structure (new velocities are drawn by the next run)."""
-        self.current = None
-        self.restarts += 1
-
-
-@dataclass
-class QCJob:
-    """A structure waiting for QC energies and forces, and why it was chosen."""
-
-    atoms: Atoms
-    source: str  # initial, audit or active
-    molecule: str
-    trajectory: int | None = None
-    model_energy: float | None = None  # the sampling model's energy (eV) at this structure, for audits
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ForcefieldPlan:
-    """What the thinker needs from the settings."""
-
-    qc_budget: int
-    ensemble_size: int
-    retrain_after: int
-    first_epochs: int
-    train_epochs: int
-    learning_rate: float
-    parallel_samplers: int
-    qc_slots: int
-    temperature: float
-    timestep: float
-    sample_every: int
-    min_run_length: int
-    max_run_length: int
-    energy_tolerance: float
-    inference_batch: int
-    n_to_select: int
-    selector: str
-    test_steps: int
-    test_every: int
-    stability_runs: int
-    stability_steps: int
-    seed: int
-
-
-@dataclass
-class ForcefieldHistory:
-    """What a resumed forcefield campaign takes over from its earlier attempts.
-
-    The QC results are the campaign's capital: every recorded one is kept (``train.db``), never recomputed, and
-    counts against the budget. The last complete ensemble is reloaded rather than retrained. MD trajectories,
-    the selection pool and waiting picks are cheap and restart; the test set comes back from its cache.
-
-    Attributes:
-        frames: Every successful QC result, labelled (from ``train.db``), in order.
-        done: Recorded QC calls (failures included) and failures.
-        source_counts: Recorded QC calls per source.
-        unfinished: QC jobs sent and never recorded (killed, or recorded as abandoned), to redo first.
-        dispatched_initial: Indices of initial jobs already sent (finished or to redo).
-        next_qc_id: First QC id not used yet.
-        model_round: Last round whose ensemble completed (0: none), with its members and training-set size.
-        model_qc_calls: QC calls recorded when that round started.
-        model_evaluated: Whether that ensemble was measured on the test set (a kill can come in between).
-        sample_runs, selection_batches: Where the MD run and selection counters (and so their seeds) go on.
-    """
-
-    frames: list[Atoms] = field(default_factory=list)
-    done: int = 0
-    failed: int = 0
-    source_counts: dict[str, int] = field(default_factory=dict)
-    unfinished: list[QCJob] = field(default_factory=list)
-    dispatched_initial: set[int] = field(default_factory=set)
-    next_qc_id: int = 1
-    model_round: int = 0
-    members: list[Any] = field(default_factory=list)
-    trained_at: int = 0
-    model_qc_calls: int = 0
-    model_evaluated: bool = False
-    sample_runs: int = 0
-    selection_batches: int = 0
-
-    @classmethod
-    def load(cls, run_dir: RunDirectory, ensemble_size: int) -> ForcefieldHistory:
-        """Rebuild the campaign's state from ``train.db``, the records and the saved models."""
-        records = run_dir.read_records(SIMULATION_RECORDS)
-        finished = [r for r in records if not r.get("abandoned")]
-        finished_ids = {int(r["qc_id"]) for r in finished}
-        history = cls(done=len(finished), failed=sum(not r.get("success") for r in finished))
-        for record in finished:
-            history.source_counts[record["source"]] = history.source_counts.get(record["source"], 0) + 1
-        database = run_dir.path / "train.db"
-        stale_lock = database.with_name(database.name + ".lock")
-        if stale_lock.exists():  # a write killed while holding ASE's lock (earlier molsteer versions took it)
-            stale_lock.unlink()
-            logger.info("Removed %s, left by the killed attempt", stale_lock.name)
-        if database.exists():
-            seen: set[int] = set()
-            orphans = []
-            with open_train_db(database) as db:
-                for row in sorted(db.select(), key=lambda row: row.qc_id):
-                    if row.qc_id in finished_ids and row.qc_id not in seen:
-                        seen.add(row.qc_id)
-                        history.frames.append(row.toatoms())
-                    else:  # written just before a kill, without its record: the structure is redone, so drop it
-                        orphans.append(row.id)
-                if orphans:
-                    db.delete(orphans)
-            if orphans:
-                logger.info("Removed %d train.db row(s) whose QC record was never written; they are redone",
-                            len(orphans))
-        submitted = run_dir.read_records(SUBMITTED_RECORDS)
-        # A job an earlier resume already sent again lives on under its new id (finished, or redone in turn).
-        sent_again = {int(e["extra"]["redo_of"]) for e in submitted if (e.get("extra") or {}).get("redo_of")}
-        redo: dict[int, QCJob] = {}
-        for entry in submitted:
-            extra = dict(entry.get("extra") or {})
-            if "initial_index" in extra:
-                history.dispatched_initial.add(int(extra["initial_index"]))
-            if int(entry["qc_id"]) in finished_ids or int(entry["qc_id"]) in sent_again:
-                continue
-            atoms = Atoms(numbers=entry["numbers"], positions=entry["positions"])
-            extra["redo_of"] = int(entry["qc_id"])
-            redo[int(entry["qc_id"])] = QCJob(atoms, entry["source"], entry["molecule"], None,
-                                              entry.get("model_energy"), extra)
-        history.unfinished = list(redo.values())
-        ids = [int(e["qc_id"]) for e in submitted] + list(finished_ids)
-        history.next_qc_id = max(ids, default=0) + 1
-        history.sample_runs = max((int(r.get("run_id", 0)) for r in run_dir.read_records(SAMPLING_RECORDS)),
-                                  default=0) + 1000 * run_dir.attempt  # runs out when killed had no record
-        history.selection_batches = max((int(r.get("batch", 0)) for r in run_dir.read_records(SELECTION_RECORDS)),
-                                        default=0) + 1000 * run_dir.attempt
-
-        training = run_dir.read_records(TRAINING_RECORDS)
-        rounds = [r for r in training if r.get("event") == "ensemble"]
-        evaluated = {int(r["round"]) for r in training if r.get("event") == "evaluation" and r.get("success")}
-        for record in sorted(rounds, key=lambda r: r["round"], reverse=True):
-            folder = run_dir.path / "models" / f"round-{int(record['round']):03d}"
-            members = []
-            for member in range(ensemble_size):
-                path = folder / f"member-{member}.pkl"
-                if path.exists():
-                    try:
-                        members.append(pickle.loads(path.read_bytes()))  # noqa: S301 - our own run directory
-                    except Exception:  # noqa: BLE001 - a model cut by the kill: use an older round
-                        logger.warning("Could not read %s; trying an older round", path)
-                        members = []
-                        break
-            if members:
-                history.model_round, history.members = int(record["round"]), members
-                history.trained_at = int(record["n_train"])
-                history.model_qc_calls = int(record["qc_calls"])
-                history.model_evaluated = history.model_round in evaluated
-                break
-        return history
-
-
-class ForcefieldThinker(SteeringThinker):
+class ForcefieldThinker(EnsembleUse, SteeringThinker):
     """Steers sampling, selection, QC and training of an ensemble of interatomic potentials."""
 
     def __init__(
@@ -344,6 +109,7 @@ class ForcefieldThinker(SteeringThinker):
         self.starts = starts
         self._rng = np.random.default_rng(plan.seed)
         self._state = threading.Condition()
+        self.inference = AwaitedRequests(queues, FF_INFER_TOPIC, self.done)  # awaited by the selector
         self.start_time = time.monotonic()
 
         # QC
@@ -478,7 +244,7 @@ class ForcefieldThinker(SteeringThinker):
             with self._state:
                 self.test_frames.extend(frames)
         else:
-            record["failure_reason"] = result.failure_info.exception if result.failure_info else "unknown"
+            record["failure_reason"] = failure_reason(result)
             self.logger.error("Reference trajectory for %s failed (no test error for it): %s",
                               record["molecule"], record["failure_reason"])
         self.run_dir.records(REFERENCE_RECORDS).write(record)
@@ -553,7 +319,7 @@ class ForcefieldThinker(SteeringThinker):
         if result.success:
             outcome = result.value[0]
         else:
-            reason = result.failure_info.exception if result.failure_info else "task failed without a reason"
+            reason = failure_reason(result, "task failed without a reason")
             outcome = {"success": False, "energy": None, "forces": None, "failure_reason": f"task failure: {reason}"}
         n_atoms = len(job.atoms)
         record: dict[str, Any] = {"qc_id": qc_id, "source": job.source, "molecule": job.molecule, "n_atoms": n_atoms,
@@ -719,7 +485,7 @@ class ForcefieldThinker(SteeringThinker):
             if first:
                 self._replace_sampling_model(handle, round_)
         else:
-            record["failure_reason"] = result.failure_info.exception if result.failure_info else "unknown"
+            record["failure_reason"] = failure_reason(result)
             self.logger.error("Training of member %d in round %d failed: %s", member, round_, record["failure_reason"])
         self.run_dir.records(TRAINING_RECORDS).write(record)
         with self._state:
@@ -808,7 +574,7 @@ class ForcefieldThinker(SteeringThinker):
                         record["round"], record["qc_calls"], metrics.get("force_mae", np.nan),
                         metrics.get("force_rmse", np.nan), metrics.get("energy_mae", np.nan))
         else:
-            record["failure_reason"] = result.failure_info.exception if result.failure_info else "unknown"
+            record["failure_reason"] = failure_reason(result)
             self.logger.error("Evaluation of round %s failed: %s", record["round"], record["failure_reason"])
         self.run_dir.records(TRAINING_RECORDS).write(record)
         if result.task_info.get("final"):
@@ -862,7 +628,7 @@ class ForcefieldThinker(SteeringThinker):
         trajectory = self.trajectories[info["trajectory"]]
         record: dict[str, Any] = {**info, "success": result.success, "elapsed": self._elapsed(), **task_timing(result)}
         if not result.success:
-            record["failure_reason"] = result.failure_info.exception if result.failure_info else "unknown"
+            record["failure_reason"] = failure_reason(result)
             self.logger.warning("Sampling run %d failed: %s", info["run_id"], record["failure_reason"])
             with self._state:
                 trajectory.restart()
@@ -895,95 +661,6 @@ class ForcefieldThinker(SteeringThinker):
             self.logger.info("Trajectory %d blew up after %d steps (%s); restarting it", trajectory.id,
                              md.steps_done, md.failure)
 
-    # --- selector -----------------------------------------------------------------------------------------
-
-    def _pool_is_all_there_is(self) -> bool:
-        """A pool smaller than the inference batch is all that can still be picked from.
-
-        No QC job waits or runs and no MD run is out, so nothing would ever fill the pool or spend the budget:
-        picking from what is there keeps the campaign going instead of waiting for ever.
-        """
-        return (bool(self.pool) and not self.in_flight and not self.initial_jobs and not self.audit_jobs
-                and not self.active_jobs and not any(t.busy for t in self.trajectories))
-
-    @agent
-    def select(self) -> None:
-        """Run the ensemble on the pooled structures and queue the ones it disagrees about most for QC."""
-        from methods.selection import select_by_disagreement, select_random
-
-        batch_number = self._selection_batches
-        while self._wait(lambda: (len(self.pool) >= self.plan.inference_batch or self._pool_is_all_there_is())
-                         and len(self.members) > 1
-                         and self.qc_submitted < self.plan.qc_budget and self._final_round is None):
-            with self._state:
-                candidates = list(self.pool)
-                self.pool.clear()
-                members = list(self.members)
-                round_ = self.model_round
-            batch_number += 1
-            started = time.monotonic()
-            frames = [atoms for atoms, _, _ in candidates]
-            if self.plan.selector == "random":
-                chosen = select_random(len(frames), self.plan.n_to_select, self.plan.seed + batch_number)
-                spread = None
-                inference: dict[str, Any] = {"n_tasks": 0}
-            else:
-                predictions, inference = self._infer(members, frames, batch_number, round_)
-                if predictions is None:
-                    continue
-                spread = predictions.std(axis=0)
-                chosen = select_by_disagreement(predictions, self.plan.n_to_select)
-            jobs = [QCJob(frames[i], "active", candidates[i][1], candidates[i][2],
-                          extra={"selection_batch": batch_number,
-                                 "energy_std": float(spread[i]) if spread is not None else None})
-                    for i in chosen]
-            with self._state:
-                replaced = len(self.active_jobs)
-                self.active_jobs.clear()  # a newer ensemble's picks supersede older ones still waiting
-                self.active_jobs.extend(jobs)
-                self._state.notify_all()
-            self.run_dir.records(SELECTION_RECORDS).write({
-                "batch": batch_number, "selector": self.plan.selector, "model_round": round_,
-                "n_pool": len(frames), "n_selected": len(jobs), "replaced_waiting": replaced,
-                "selected_std": [j.extra["energy_std"] for j in jobs],
-                "pool_std_mean": float(spread.mean()) if spread is not None else None,
-                "pool_std_max": float(spread.max()) if spread is not None else None,
-                "time": time.monotonic() - started, "elapsed": self._elapsed(), **inference,
-            })
-
-    def _infer(self, members: list[Any], frames: list[Atoms], batch: int,
-               round_: int) -> tuple[np.ndarray | None, dict[str, Any]]:
-        """Energies per atom of every member on every frame: (members, frames), from one task per chunk."""
-        chunks = [frames[i:i + self.plan.inference_batch] for i in range(0, len(frames), self.plan.inference_batch)]
-        for index, chunk in enumerate(chunks):
-            handles = [self.ledger.acquire(m) for m in members]
-            self.queues.send_inputs(handles, chunk, method="infer_energies", topic=FF_INFER_TOPIC,
-                                    task_info={"batch": batch, "chunk": index}, keep_inputs=False)
-        results: dict[int, Result] = {}
-        while len(results) < len(chunks):
-            try:
-                result = self.queues.get_result(topic=FF_INFER_TOPIC, timeout=1)
-            except TimeoutException:
-                if self.done.is_set():
-                    break
-                continue
-            results[result.task_info["chunk"]] = result
-        for _ in range(len(results)):
-            for member in members:
-                self.ledger.release(member)
-        for record_result in results.values():
-            self.run_dir.records(INFERENCE_RECORDS).write({
-                "batch": batch, "chunk": record_result.task_info["chunk"], "model_round": round_,
-                "n_structures": len(chunks[record_result.task_info["chunk"]]), "n_models": len(members),
-                "success": record_result.success, **task_timing(record_result)})
-        failed = [r for r in results.values() if not r.success]
-        if failed or len(results) < len(chunks):
-            reason = failed[0].failure_info.exception if failed and failed[0].failure_info else "stopped"
-            self.logger.error("Inference failed: %s", reason)
-            return None, {}
-        predictions = np.concatenate([np.asarray(results[i].value) for i in range(len(chunks))], axis=1)
-        return predictions, {"n_tasks": len(chunks)}
-
     # --- allocator -----------------------------------------------------------------------------------------
 
     @agent
@@ -1001,211 +678,3 @@ class ForcefieldThinker(SteeringThinker):
                     "elapsed": self._elapsed(), "sample_slots": state[0], "qc_slots": state[1], "backlog": backlog,
                     "pool": len(self.pool), "moved": moved})
                 last, last_time = state, time.monotonic()
-
-    # --- the end: stability of the final ensemble ----------------------------------------------------------
-
-    def _start_stability(self) -> None:
-        """MD with the final ensemble from each starting structure; the run ends when all are back."""
-        if self.plan.stability_runs == 0 or not self.members:
-            self.done.set()
-            return
-        with self._state:
-            self.stability_due = self.plan.stability_runs
-        for run in range(self.plan.stability_runs):
-            name, start = self.starts[run % len(self.starts)]
-            members = list(self.members)
-            self.queues.send_inputs(
-                members, start, start, self.plan.stability_steps, self.plan.temperature, self.plan.timestep,
-                self.plan.stability_steps, self.plan.seed + 7919 * (run + 1),
-                method="run_sampling", topic=FF_STABILITY_TOPIC,
-                task_info={"run": run, "molecule": name, "hold": self._hold(*members)})
-        logger.info("QC budget spent; %d stability runs of %d steps with the final ensemble",
-                    self.plan.stability_runs, self.plan.stability_steps)
-
-    @result_processor(topic=FF_STABILITY_TOPIC)
-    def store_stability(self, result: Result) -> None:
-        """Whether the final ensemble's MD stayed physical, and for how long."""
-        self._unhold(result.task_info.pop("hold", None))
-        record: dict[str, Any] = {**result.task_info, "success": result.success, "steps": self.plan.stability_steps,
-                                  **task_timing(result)}
-        if result.success:
-            md = result.value
-            record.update({"steps_done": md.steps_done, "stable": md.failure is None, "failure": md.failure,
-                           "time_fs": md.steps_done * self.plan.timestep, "md_time": md.time})
-        else:
-            record.update({"stable": False, "failure": result.failure_info.exception if result.failure_info
-                           else "unknown", "steps_done": 0})
-        self.run_dir.records(STABILITY_RECORDS).write(record)
-        with self._state:
-            self.stability_due -= 1
-            finished = self.stability_due <= 0
-        if finished:
-            self.done.set()
-
-
-# --- summary ------------------------------------------------------------------------------------------------
-
-
-def summarize(run_dir: RunDirectory, qc_workers: int, ml_workers: int, wall_time: float | None,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The forcefield run's summary, from the records alone (so it can be rebuilt for any run, killed or not)."""
-    from thinkers.records import qc_utilization
-
-    sims = run_dir.read_records(SIMULATION_RECORDS)
-    finished = [r for r in sims if not r.get("abandoned")]
-    training = run_dir.read_records(TRAINING_RECORDS)
-    evaluations = [r for r in training if r.get("event") == "evaluation" and r.get("success")]
-    audits = [r for r in finished if r.get("source") == "audit"]
-    sampling = run_dir.read_records(SAMPLING_RECORDS)
-    stability = run_dir.read_records(STABILITY_RECORDS)
-    references = run_dir.read_records(REFERENCE_RECORDS)
-    reasons = count_failure_reasons([r for r in finished if not r.get("success")])
-    # One point per round, in round order (a resumed attempt measures the ensemble a kill left unmeasured).
-    curve = [{k: r.get(k) for k in ("round", "qc_calls", "n_train", "energy_mae", "force_mae", "force_rmse")}
-             for r in sorted({r["round"]: r for r in evaluations}.values(), key=lambda r: r["round"])]
-    ml_records = ([r for r in training if r.get("event") in ("member", "evaluation")] + sampling + stability
-                  + run_dir.read_records(INFERENCE_RECORDS))
-    qc_use = qc_utilization(latest_attempt(finished + references), qc_workers)
-    ml_use = qc_utilization(latest_attempt(ml_records), ml_workers)
-    stability = latest_attempt(stability)  # a resume that trains a new final ensemble checks it again
-    stable = [r for r in stability if r.get("stable")]
-    audit_errors = [r["audit_error"] for r in audits if r.get("audit_error") is not None]
-    return {
-        "qc_calls": len(finished),
-        "abandoned": len(sims) - len(finished),
-        "qc_failures": len(finished) - sum(1 for r in finished if r.get("success")),
-        "failure_reasons": reasons,
-        "qc_calls_by_source": {s: sum(1 for r in finished if r.get("source") == s)
-                               for s in ("initial", "audit", "active")},
-        # Every attempt fetches the test set again (from the cache); count each molecule's once, the latest.
-        "test_set_size": sum(r.get("n_frames") or 0 for r in {r["molecule"]: r for r in references}.values()),
-        "learning_curve": curve,
-        "final": curve[-1] if curve else None,
-        "audits": {"count": len(audits), "continued": sum(1 for r in audits if r.get("decision") == "continue"),
-                   "restarted": sum(1 for r in audits if r.get("decision") == "restart"),
-                   "median_error": float(np.median(audit_errors)) if audit_errors else None},
-        "sampling": {"runs": len(sampling), "md_steps": sum(r.get("steps_done") or 0 for r in sampling),
-                     "blowups": sum(1 for r in sampling if r.get("blown_up"))},
-        "stability": {"runs": len(stability), "stable_fraction": len(stable) / len(stability) if stability else None,
-                      "mean_steps": float(np.mean([r.get("steps_done") or 0 for r in stability])) if stability
-                      else None,
-                      "failures": [r.get("failure") for r in stability if not r.get("stable")]},
-        "wall_time": wall_time,
-        "qc_utilization": qc_use["qc_utilization"],
-        "qc_utilization_after_startup": qc_use["qc_utilization_after_startup"],
-        "ml_utilization": ml_use["qc_utilization"],
-        "ml_utilization_after_startup": ml_use["qc_utilization_after_startup"],
-        **(extra or {}),
-    }
-
-
-def headline(summary: dict[str, Any]) -> list[str]:
-    """The numbers a user looks at first."""
-    lines = [f"{summary['qc_calls']} QC calls ({summary['qc_failures']} failed), QC utilization "
-             f"{_percent(summary['qc_utilization'])}, ML utilization {_percent(summary['ml_utilization'])}"]
-    final = summary.get("final")
-    if final:
-        lines.append(f"Test set after round {final['round']}: force MAE {final['force_mae']:.3f} eV/Å, "
-                     f"energy MAE {final['energy_mae']:.4f} eV/atom")
-    stability = summary["stability"]
-    if stability["runs"]:
-        lines.append(f"Stability: {stability['stable_fraction']:.0%} of {stability['runs']} MD runs stayed physical")
-    return lines
-
-
-def _percent(value: float | None) -> str:
-    return f"{value:.1%}" if value is not None else "n/a"
-
-
-# --- assembly -----------------------------------------------------------------------------------------------
-
-
-def plan_from_settings(settings: Any) -> ForcefieldPlan:
-    """The thinker's plan from validated :class:`configs.settings.ForcefieldSettings`."""
-    names = {f for f in ForcefieldPlan.__dataclass_fields__} - {"qc_slots"}
-    return ForcefieldPlan(qc_slots=2 * settings.qc_workers, **{name: getattr(settings, name) for name in names})
-
-
-def check(settings: Any) -> None:
-    """Reject starting molecules that cannot be used, before anything starts or any run directory is made.
-
-    Raises:
-        SettingsError: a starting molecule is not in QM9.
-    """
-    from configs.settings import SettingsError
-    from methods.sampling import starting_structures
-
-    try:
-        starting_structures(settings.molecules)
-    except ValueError as exc:
-        raise SettingsError(f"--molecules: {exc}") from exc
-
-
-def task_methods(settings: Any) -> tuple[tuple[str, ...], list[tuple[Any, str]]]:
-    """The queue topics and worker methods, known before any data is loaded (``run.py`` starts workers first)."""
-    from methods.ensemble import infer_energies
-    from methods.mlip import evaluate, train_potential
-    from methods.sampling import reference_trajectory, run_sampling
-    from methods.simulate import compute_energy_forces
-
-    return FF_TOPICS, [(compute_energy_forces, QC_EXECUTOR), (reference_trajectory, QC_EXECUTOR),
-                       (train_potential, ML_EXECUTOR), (run_sampling, ML_EXECUTOR), (infer_energies, ML_EXECUTOR),
-                       (evaluate, ML_EXECUTOR)]
-
-
-def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any]) -> Assembly:
-    """The forcefield campaign's one assembly point: settings → task-server methods and a thinker factory.
-
-    ``run.py`` has run :func:`check` on the settings first. A resumed run (``run_dir.attempt > 0``) takes its
-    state over from ``train.db``, the records and the saved models (:class:`ForcefieldHistory`).
-    """
-    from methods.mlip import PotentialConfig, create_potential
-    from methods.sampling import displaced, starting_structures
-    from methods.simulate import QCSpec
-
-    starts = starting_structures(settings.molecules)  # check() has vetted them
-    spec = QCSpec(code=settings.qc_code, method=settings.method, basis=settings.basis, seed=settings.seed,
-                  timeout=settings.qc_timeout)
-    run_dir.write_json("qc_spec.json", {**spec.model_dump(), "units": "eV, eV/Å", "task_config": task_config})
-    initial = []
-    for index, (name, atoms) in enumerate(starts):
-        initial.append(QCJob(atoms.copy(), "initial", name))
-        for copy in displaced(atoms, settings.initial_displacements, settings.displacement_scale,
-                              settings.seed + index):
-            initial.append(QCJob(copy, "initial", name))
-    for number, job in enumerate(initial):  # the same list on every attempt: a resume skips those already sent
-        job.extra["initial_index"] = number
-    config = PotentialConfig(max_atoms=max(len(atoms) for _, atoms in starts))
-    history = ForcefieldHistory.load(run_dir, settings.ensemble_size) if run_dir.attempt > 0 else None
-    shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)  # a killed attempt's proxies are unusable
-    ledger = ProxyLedger()  # its store is opened with the queues: remote workers read proxies from their Redis
-    holder: dict[str, ForcefieldThinker] = {}
-
-    def build_thinker(queues: ColmenaQueues) -> ForcefieldThinker:
-        ledger.store = open_proxy_store(run_dir.path, f"molsteer-{run_dir.name}-{run_dir.attempt}",
-                                        queues if not workers_share_files(settings) else None)
-        thinker = ForcefieldThinker(queues, plan_from_settings(settings), run_dir, starts, initial,
-                                    create_potential(config, seed=settings.seed), (spec, task_config), ledger,
-                                    history)
-        holder["thinker"] = thinker
-        return thinker
-
-    def close() -> None:
-        if ledger.store is not None:
-            close_proxy_store(ledger.store, ledger)
-            shutil.rmtree(run_dir.path / "proxystore", ignore_errors=True)
-
-    names = ", ".join(name for name, _ in starts)
-    topics, methods = task_methods(settings)
-    return Assembly(
-        topics=topics,
-        methods=methods,
-        build_thinker=build_thinker,
-        summarize=lambda wall_time: summarize(run_dir, settings.qc_workers, settings.ml_workers, wall_time,
-                                              extra=ledger.stats()),
-        headline=headline,
-        close=close,
-        description=f"forcefield for {names} with {settings.qc_code} ({settings.method}), {settings.qc_budget} QC "
-                    f"calls, ensemble of {settings.ensemble_size}, {settings.qc_workers} QC and "
-                    f"{settings.ml_workers} ML workers",
-    )

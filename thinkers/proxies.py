@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -112,32 +111,3 @@ class ProxyLedger:
         """Created, evicted and live proxies: the evidence that nothing accumulates without bound."""
         with self._lock:
             return {"proxies_created": self.created, "proxies_evicted": self.evicted, "proxies_live": len(self._users)}
-
-
-def open_proxy_store(run_dir: Path, name: str, queues: Any | None = None) -> Any:
-    """A ProxyStore store for the run's big objects, registered so workers resolve proxies from it.
-
-    With ``queues`` (workers on another site, which cannot read this file system), the store lives in the
-    queues' own Redis, which the remote workers reach through the SSH tunnel; otherwise it is a directory in
-    the run directory, which every worker of a cluster site sees on the shared file system.
-    """
-    from proxystore.store import Store
-
-    if queues is not None:
-        from configs.services import AuthRedisConnector
-
-        connector = AuthRedisConnector(queues.hostname, queues.port, password=queues.password)
-    else:
-        from proxystore.connectors.file import FileConnector
-
-        connector = FileConnector(str(Path(run_dir) / "proxystore"))
-    return Store(name, connector, register=True, populate_target=True)
-
-
-def close_proxy_store(store: Any, ledger: ProxyLedger) -> None:
-    """Evict what the ledger still holds and close the store (never ``clear``: on Redis that empties the queues)."""
-    from proxystore.store import unregister_store
-
-    ledger.evict_all()
-    unregister_store(store)
-    store.close()

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from rdkit import Chem, RDLogger, rdBase
 
-from configs.settings import SettingsError, one_line
+from configs.settings.models import SettingsError, one_line
 
 logger = logging.getLogger(__name__)
 

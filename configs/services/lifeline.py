@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import ctypes
 import logging
 import os
 import signal
@@ -32,16 +32,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from methods.data import atomic_save
+from store.processes import read_processes
 
 logger = logging.getLogger(__name__)
-
-PROCESSES_FILE = "processes.json"
-"""The processes the latest attempt registered, in its run directory."""
 
 MARKER = "MOLSTEER_RUN"
 """Environment variable that tags every process of a run: ``<absolute run directory>#<attempt>``."""
@@ -74,32 +70,6 @@ def marked_processes(run_path: Path, attempt: int | None = None) -> list[psutil.
         if value and (value == wanted if wanted else value.startswith(prefix)):
             found.append(process)
     return found
-
-
-def read_processes(run_path: Path) -> dict[str, Any]:
-    """``processes.json``: ``{"_attempt": n, role: {"pid", "create_time"}}`` (empty when missing or unreadable)."""
-    try:
-        data = json.loads((Path(run_path) / PROCESSES_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def register_process(run_path: Path, attempt: int, role: str, pid: int) -> None:
-    """Remember a process an attempt started (pid and start time), so a later resume can stop it if it lingers.
-
-    The file holds one attempt's processes: the first registration of a new attempt replaces the old list.
-    """
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return
-    processes = read_processes(run_path)
-    if processes.get("_attempt") != attempt:
-        processes = {"_attempt": attempt}
-    processes[role] = {"pid": pid, "create_time": created}
-    text = json.dumps(processes, indent=2)
-    atomic_save(Path(run_path) / PROCESSES_FILE, lambda temporary: temporary.write_text(text))
 
 
 def registered_processes(run_path: Path, attempt: int | None = None) -> list[psutil.Process]:
@@ -145,6 +115,48 @@ def stop_processes(processes: list[psutil.Process], grace: float = 5.0) -> list[
     return stopped
 
 
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (e.g. Parsl workers whose parent died) so shutdown can still find them."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an exited process whose parent has not collected it is gone for our purposes)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _reap_children() -> None:
+    """Collect exited children (as the subreaper, this process adopts orphaned workers)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def stop_descendants(keep: set[int] = frozenset(), grace: float = 10.0, settle: float = 0.0) -> list[str]:
+    """Stop every process below this one that is still running, except ``keep``; returns what had to be stopped.
+
+    Args:
+        keep: Pids to leave alone (the watchdog, a Redis server still needed).
+        grace: Seconds between SIGTERM and SIGKILL.
+        settle: Seconds to first let processes already told to stop end by themselves (the task server's
+            shutdown has just cancelled its worker blocks; they are on their way out, not left over).
+    """
+    processes = [c for c in psutil.Process().children(recursive=True) if c.pid not in keep]
+    deadline = time.monotonic() + settle
+    while processes and time.monotonic() < deadline:
+        _reap_children()
+        processes = [p for p in processes if _running(p)]
+        if processes:
+            time.sleep(0.05)
+    stopped = stop_processes([p for p in processes if _running(p)], grace)
+    _reap_children()
+    return stopped
+
+
 def with_descendants(processes: list[psutil.Process]) -> dict[int, psutil.Process]:
     """The processes and all their descendants, by pid.
 
@@ -180,10 +192,10 @@ def start_watchdog(run_path: Path, attempt: int) -> subprocess.Popen:
     log = open(Path(run_path) / "watchdog.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "configs.lifeline", "--parent", str(os.getpid()), "--run", str(run_path),
+            [sys.executable, "-m", "configs.services.lifeline", "--parent", str(os.getpid()), "--run", str(run_path),
              "--attempt", str(attempt)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],  # the repository: -m finds the package
             env={k: v for k, v in os.environ.items() if k != MARKER},  # it stops marked processes, not itself
         )
     finally:

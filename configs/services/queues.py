@@ -11,15 +11,16 @@ import logging
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
 import redis
 from colmena.queue.redis import RedisQueues
 from proxystore.connectors.redis import RedisConnector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ def redis_answers(host: str, port: int, password: str | None, timeout: float = 1
     Raises:
         ServiceError: something answers but refuses our password (we must not start another server there).
     """
+    # No retries: redis-py 8 retries a refused connection with back-off for about 2 s by default, and this is a
+    # question ("is anything there?") asked at every start, twice when this run starts its own server.
     client = redis.Redis(host=host, port=port, password=password, socket_connect_timeout=timeout,
-                         socket_timeout=timeout)
+                         socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
     try:
         return bool(client.ping())
     except redis.exceptions.AuthenticationError as exc:
@@ -98,7 +101,7 @@ class RedisWatch:
 def _die_with_parent() -> None:
     """In the child, before exec: ask the kernel for SIGTERM when the parent dies (``PR_SET_PDEATHSIG``).
 
-    The first of several guards (see ``configs/lifeline.py``): redis-server goes the moment ``run.py`` does.
+    The first of several guards (see ``configs/services/lifeline.py``): redis-server goes the moment ``run.py`` does.
     """
     ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
@@ -164,22 +167,50 @@ class ManagedRedis:
         logger.info("Stopped redis-server (pid %d)", process.pid)
 
 
-def connect_redis(host: str, port: int, password: str | None, work_dir: Path) -> tuple[str | None, ManagedRedis | None]:
-    """Use the Redis server at ``host:port`` if one answers, otherwise start one there when the host is local.
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def connect_redis(host: str, port: int, password: str | None, work_dir: Path,
+                  fixed_port: bool = True) -> tuple[str | None, ManagedRedis | None, int]:
+    """The Redis server the run's queues use: one that answers at ``host:port``, or one this run starts.
+
+    With ``fixed_port`` (``--redis-port`` named, or workers on another site reaching this port through a
+    tunnel) only ``port`` is considered. Without it, a server that answers there with this password is used,
+    and otherwise the run starts its own on a free port, so a second campaign on the same machine neither
+    trips over the first one's password-protected server nor fights it for the port.
 
     Returns:
-        The password to use, and the started server (``None`` when an existing one is used).
+        The password to use, the started server (``None`` when an existing one is used), and its port.
 
     Raises:
         ServiceError: a remote host does not answer, or a local server cannot be started.
     """
-    if redis_answers(host, port, password):
-        logger.info("Using the Redis server already running at %s:%d", host, port)
-        return password, None
+    try:
+        if redis_answers(host, port, password):
+            logger.info("Using the Redis server already running at %s:%d", host, port)
+            return password, None, port
+    except ServiceError:
+        if fixed_port:
+            raise
+        logger.info("The Redis server at %s:%d is another's (it wants a password); starting this run's own",
+                    host, port)
     if host not in LOCAL_HOSTS:
         raise ServiceError(f"No Redis server answers at {host}:{port}; start one there or use a local host")
-    server = ManagedRedis(port, work_dir).start()
-    return server.password, server
+    if fixed_port:
+        server = ManagedRedis(port, work_dir).start()
+        return server.password, server, port
+    for attempt in range(3):  # another process may take the free port between the pick and redis-server's bind
+        try:
+            server = ManagedRedis(free_port(), work_dir).start()
+            return server.password, server, server.port
+        except ServiceError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 class AuthRedisQueues(RedisQueues):
@@ -242,36 +273,6 @@ class AuthRedisQueues(RedisQueues):
                                                   decode_responses=True, socket_timeout=None,
                                                   socket_connect_timeout=10)
             self.redis_client.ping()
-
-
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (e.g. Parsl workers whose parent died) so shutdown can still find them."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
-def stop_descendants(keep: set[int] = frozenset(), timeout: float = 10.0) -> list[str]:
-    """Terminate, then kill, every process this run started that is still alive; returns what was stopped."""
-    children = [c for c in psutil.Process().children(recursive=True) if c.pid not in keep]
-    names = []
-    for child in children:
-        try:
-            names.append(f"{child.name()}[{child.pid}]")
-        except psutil.Error:
-            names.append(str(child.pid))
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=timeout)
-    return names
 
 
 class AuthRedisConnector(RedisConnector):

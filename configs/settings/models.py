@@ -60,9 +60,9 @@ class CommonSettings(BaseModel):
         None, description="Password of an existing Redis server (a started one gets a random password)"
     )
     site: Literal["local", "pbs", "slurm", "multisite"] = Field(
-        "local", description="Where workers run (configs/sites.py): this machine (local); inside a PBS, Cobalt or "
-        "Slurm batch job, workers placed on its nodes by mpiexec (pbs); blocks requested from Slurm (slurm); QC "
-        "here and ml workers on --remote-host through SSH tunnels (multisite)"
+        "local", description="Where workers run (configs/sites/catalog.py): this machine (local); inside a PBS, "
+        "Cobalt or Slurm batch job, workers placed on its nodes by mpiexec (pbs); blocks requested from Slurm "
+        "(slurm); QC here and ml workers on --remote-host through SSH tunnels (multisite)"
     )
     task_server: Literal["parsl", "globus"] = Field(
         "parsl", description="Task server: Parsl executors from --site (parsl), or Globus Compute endpoints "

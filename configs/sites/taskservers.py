@@ -81,7 +81,7 @@ def build_task_server(settings: Any, methods: list[tuple[Callable, str]], queues
         qc_cores_per_task: MPI ranks per node of one QC task (QCEngine's ``ncores``).
     """
     if settings.task_server == "globus":
-        from configs.globus import build_globus_task_server
+        from configs.sites.globus import build_globus_task_server
 
         return build_globus_task_server(methods, queues, {"qc": settings.globus_qc_endpoint,
                                                           "ml": settings.globus_ml_endpoint})

@@ -1,15 +1,15 @@
 """Parsl sites: small functions ``name(run_dir, options) -> parsl.Config``, one per kind of machine.
 
-Every site provides two executors labelled by :mod:`configs.names`: ``qc`` for quantum chemistry and ``ml`` for
-training and inference, so QC never queues behind a model (and the reverse). What differs is where their workers
-start and how:
+Every site provides two executors labelled by :mod:`configs.sites.executors`: ``qc`` for quantum chemistry and
+``ml`` for training and inference, so QC never queues behind a model (and the reverse). What differs is where
+their workers start and how:
 
 * ``local``: both worker pools on this machine, bound to loopback.
 * ``pbs``: inside one batch job (PBS Pro, a Cobalt-era job, or a Slurm allocation). The job's nodes are split:
   the last ``ml_nodes`` serve ml, the rest QC; a real ``mpiexec`` starts one worker pool per node. QC tasks that
   span several nodes go through Parsl's MPI executor, which hands each task its own nodes.
 * ``slurm``: each partition is a block of nodes requested from Slurm with ``sbatch``; ``srun`` starts the pools.
-* ``multisite``: QC here; ml workers on another site's login node, started over SSH (:mod:`configs.remote`) and
+* ``multisite``: QC here; ml workers on another site's login node, started over SSH (:mod:`configs.sites.remote`) and
   connected back through SSH tunnels only.
 
 Every interchange binds an explicit address; nothing here contacts the network to guess one. Workers are
@@ -33,8 +33,8 @@ from parsl.executors import HighThroughputExecutor, MPIExecutor
 from parsl.launchers import MpiExecLauncher, SimpleLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
-from configs.names import ML_EXECUTOR, QC_EXECUTOR
-from configs.settings import CommonSettings, SettingsError, one_line
+from configs.settings.models import CommonSettings, SettingsError, one_line
+from configs.sites.executors import ML_EXECUTOR, QC_EXECUTOR
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def multisite(run_dir: Path, options: SiteOptions) -> Config:
     The ml interchange binds loopback on ``ml_worker_port``; ``scripts/run-multisite.sh`` forwards that port (and
     Redis's) to the remote login node with ``ssh -R``, so the workers there connect to ``127.0.0.1`` as if local.
     """
-    from configs.remote import SSHProvider, remote_run_dir
+    from configs.sites.remote import SSHProvider, remote_run_dir
 
     run_dir = Path(run_dir).resolve()
     remote_dir = remote_run_dir(options.remote_dir, run_dir.name)
@@ -359,7 +359,7 @@ def check_site(options: SiteOptions, site: str, redis_port: int) -> None:
             raise SettingsError("--site slurm submits blocks with sbatch, which is not on PATH (run on a Slurm "
                                 "login node)")
     elif site == "multisite":
-        from configs.remote import check_remote
+        from configs.sites.remote import check_remote
 
         check_remote(options, redis_port)
     if options.address is not None and site in ("local", "multisite") and options.address != "127.0.0.1":

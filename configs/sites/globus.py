@@ -23,7 +23,7 @@ from colmena.queue.base import ColmenaQueues
 from colmena.task_server.globus import GlobusComputeTaskServer
 from globus_compute_sdk import Client, Executor
 
-from configs.settings import SettingsError, one_line
+from configs.settings.models import SettingsError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def build_globus_task_server(
 
     Args:
         methods: The campaign assembly's ``(function, label)`` pairs, the same ones handed to Parsl, where the
-            label is ``qc`` or ``ml`` (:mod:`configs.names`).
+            label is ``qc`` or ``ml`` (:mod:`configs.sites.executors`).
         queues: Queues shared with the thinker.
         endpoints: Endpoint id for each label, e.g. ``{"qc": settings.globus_qc_endpoint, "ml": ...}``; a
             ``None`` or empty value counts as not given.

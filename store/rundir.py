@@ -29,19 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from colmena.models import Result
-
-from configs.lifeline import read_processes
-from configs.names import CAUSE_SEPARATOR
 from methods.data import atomic_save
+from store.names import ATTEMPT_RECORDS, RUN_PARAMS
+from store.processes import read_processes
 
-SIMULATION_RECORDS = "simulation_records.jsonl"
-SCREENING_RECORDS = "screening_records.jsonl"
-TRAINING_RECORDS = "training_records.jsonl"
-RL_RECORDS = "rl_records.jsonl"
-FEATURE_RECORDS = "feature_records.jsonl"
-SUBMITTED_RECORDS = "submitted_records.jsonl"
-ATTEMPT_RECORDS = "attempt_records.jsonl"
 LOCK_FILE = ".lock"
 
 logger = logging.getLogger(__name__)
@@ -123,6 +114,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of the run directory, or ``{}`` when it is not there (yet): a killed run may lack it."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class JsonlWriter:
     """Thread-safe appender of JSON lines; each line is flushed and fsynced before ``write`` returns.
 
@@ -187,7 +184,7 @@ class RunDirectory:
         path.mkdir(parents=True)
         run_dir = cls(path)
         run_dir._take_lock()
-        run_dir.write_json("run_params.json", params)
+        run_dir.write_json(RUN_PARAMS, params)
         return run_dir
 
     @staticmethod
@@ -205,7 +202,7 @@ class RunDirectory:
         if not is_dir:
             raise RunDirectoryError(f"{str(path)[:200]} is not a directory")
         try:
-            params = json.loads((path / "run_params.json").read_text())
+            params = json.loads((path / RUN_PARAMS).read_text())
         except FileNotFoundError:
             raise RunDirectoryError(f"{path} is not a molsteer run directory (no run_params.json)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -295,96 +292,3 @@ class RunDirectory:
             for writer in self._writers.values():
                 writer.close()
             self._writers.clear()
-
-
-def latest_attempt(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records written by the latest attempt that wrote any (all of them for a run never resumed).
-
-    Rates such as worker utilization are measured within one attempt: across attempts the wall-clock window
-    would include the time the run was stopped.
-    """
-    if not records:
-        return []
-    last = max(int(r.get("resume") or 0) for r in records)
-    return [r for r in records if int(r.get("resume") or 0) == last]
-
-
-def task_timing(result: Result) -> dict[str, Any]:
-    """Colmena's timestamps and time spans of a task, flattened for the records."""
-    timing = {f"time_{k}": v for k, v in result.time.model_dump().items() if k != "additional"}
-    timing.update({f"timestamp_{k}": v for k, v in result.timestamp.model_dump().items()})
-    timing["task_id"] = result.task_id
-    timing["worker"] = result.worker_info.hostname if result.worker_info else None
-    return timing
-
-
-REASON_KEY_LENGTH = 160
-"""Characters of a failure reason that group failures in ``summary.json`` (the records keep all of it)."""
-
-
-def count_failure_reasons(failures: list[dict[str, Any]]) -> dict[str, int]:
-    """How many failed records share each reason, keyed by the reason's first words.
-
-    The key stops at :data:`configs.names.CAUSE_SEPARATOR`, which separates a cause from the program output
-    it came with, so failures with one cause and different outputs count together.
-    """
-    reasons: dict[str, int] = {}
-    for record in failures:
-        reason = str(record.get("failure_reason") or "unknown").split(CAUSE_SEPARATOR, 1)[0]
-        key = reason if len(reason) <= REASON_KEY_LENGTH else reason[:REASON_KEY_LENGTH - 1] + "…"
-        reasons[key] = reasons.get(key, 0) + 1
-    return reasons
-
-
-def qc_utilization(records: list[dict[str, Any]], n_workers: int) -> dict[str, float | None]:
-    """QC worker utilization = QC-busy time / (QC workers × wall time of the QC phase).
-
-    Busy time is each task's running time on a worker, counted once per task (a task may hold several
-    molecules); the wall time runs from the first QC task's creation to the last QC result's arrival.
-    """
-    tasks: dict[str, dict[str, Any]] = {}
-    for record in records:
-        tasks.setdefault(record.get("task_id"), record)
-    starts = [r["timestamp_created"] for r in tasks.values() if r.get("timestamp_created")]
-    computes = [r["timestamp_compute_started"] for r in tasks.values() if r.get("timestamp_compute_started")]
-    ends = [r["timestamp_result_received"] for r in tasks.values() if r.get("timestamp_result_received")]
-    busy = sum(r.get("time_running") or 0.0 for r in tasks.values())
-    if not starts or not ends or n_workers <= 0:
-        return {"qc_utilization": None, "qc_utilization_after_startup": None, "qc_busy_time": busy,
-                "qc_wall_time": None}
-    wall = max(ends) - min(starts)
-    steady = max(ends) - min(computes) if computes else None
-    return {
-        "qc_utilization": busy / (n_workers * wall) if wall > 0 else None,
-        # The same, from the first computation on: what is left once the workers have started.
-        "qc_utilization_after_startup": busy / (n_workers * steady) if steady else None,
-        "qc_busy_time": busy,
-        "qc_wall_time": wall,
-    }
-
-
-def summarize(run_dir: RunDirectory, maximize: bool, n_workers: int, wall_time: float | None,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The end-of-run summary, computed from the records alone (so it can be rebuilt for any run).
-
-    ``extra`` adds what only the live run knows (proxy counts, the largest message).
-    """
-    everything = run_dir.read_records(SIMULATION_RECORDS)
-    records = [r for r in everything if not r.get("abandoned")]
-    successes = [r for r in records if r.get("success")]
-    failures = [r for r in records if not r.get("success")]
-    best = sorted(successes, key=lambda r: r["value"], reverse=maximize)[:10]
-    reasons = count_failure_reasons(failures)
-    qc_times = sorted(r["timings"]["total"] for r in successes if r.get("timings", {}).get("total") is not None)
-    return {
-        "evaluations": len(records),
-        "abandoned": len(everything) - len(records),  # sent to QC, never finished (run stopped first)
-        "successes": len(successes),
-        "failures": len(failures),
-        "failure_reasons": reasons,
-        "wall_time": wall_time,
-        "median_qc_time_per_molecule": qc_times[len(qc_times) // 2] if qc_times else None,
-        **qc_utilization(latest_attempt(records), n_workers),
-        "best": [{"smiles": r["smiles"], "value": r["value"], "source": r.get("source")} for r in best],
-        **(extra or {}),
-    }

@@ -33,7 +33,7 @@ from parsl.providers.base import ExecutionProvider
 from parsl.providers.errors import SubmitException
 from parsl.utils import RepresentationMixin
 
-from configs.settings import SettingsError, one_line
+from configs.settings.models import SettingsError, one_line
 
 logger = logging.getLogger(__name__)
 

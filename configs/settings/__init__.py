@@ -1,0 +1,1 @@
+"""Validated run settings, the search-space file check, and the qcengine.yml loader."""
