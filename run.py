@@ -37,9 +37,11 @@ from store.processes import register_process
 from thinkers.topics import STARTUP_TOPIC
 
 logger = logging.getLogger("molsteer")
-PROGRESS_LOGGERS = ("molsteer", "campaigns", "thinkers.design", "thinkers.forcefield", "thinkers.forcefield_resume",
-                    "configs.services.queues")
-"""Loggers (and their children) whose INFO messages the terminal shows; everything goes to runtime.log."""
+PROGRESS_LOGGERS = ("molsteer", "campaigns.cli", "campaigns.startup", "campaigns.lifecycle", "campaigns.design",
+                    "campaigns.forcefield", "thinkers.design", "thinkers.forcefield", "thinkers.forcefield_resume",
+                    "thinkers.forcefield_ensemble", "configs.services.queues")
+"""Loggers whose INFO messages the terminal shows (Colmena's per-agent child loggers are not among them);
+everything goes to runtime.log."""
 
 
 class OneLineFormatter(logging.Formatter):
@@ -59,16 +61,12 @@ def configure_logging(log_file: Path) -> None:
     file_handler.setFormatter(formatter)
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(OneLineFormatter())
-    console.addFilter(lambda record: record.levelno >= logging.WARNING or _shows_progress(record.name))
+    console.addFilter(lambda record: record.levelno >= logging.WARNING or record.name in PROGRESS_LOGGERS)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.handlers[:] = [file_handler, console]
     for name in ("parsl", "colmena"):
         logging.getLogger(name).setLevel(logging.INFO)
-
-
-def _shows_progress(name: str) -> bool:
-    return any(name == shown or name.startswith(shown + ".") for shown in PROGRESS_LOGGERS)
 
 
 def _forked_child(log: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ from thinkers.proxies import ProxyLedger
 from thinkers.topics import DESIGN_TOPICS, QC_TOPIC
 
 logger = logging.getLogger(__name__)
+
+
+def plan_from_settings(settings: Any, units: str) -> DesignPlan:
+    """The thinker's plan: every field of the same name from validated :class:`CampaignSettings`."""
+    names = {f.name for f in fields(DesignPlan)} - {"total_evaluations", "units"}
+    return DesignPlan(total_evaluations=settings.total_evaluations, units=units,
+                      **{name: getattr(settings, name) for name in names})
 
 
 def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[str, Any]) -> dict[str, float]:
@@ -133,7 +141,7 @@ def assemble(settings: Any, run_dir: RunDirectory, task_config: dict[str, Any], 
                 atom_energies = request_atom_energies(queues, spec, task_config)
                 run_dir.write_json("atom_energies.json", {"units": "Hartree", "energies": atom_energies})
             logger.info("Reference atom energies (Hartree): %s", atom_energies)
-        plan = DesignPlan.from_settings(settings, units=spec.units)
+        plan = plan_from_settings(settings, units=spec.units)
         holder["thinker"] = DesignThinker(queues, plan, run_dir, library, pool_smiles, pool_rows,
                                           (spec, task_config, atom_energies), history, ledger)
         return holder["thinker"]

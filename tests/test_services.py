@@ -120,13 +120,16 @@ def test_task_server_side_survives_a_long_idle_wait(server):
 def test_a_client_without_the_password_is_refused_and_only_loopback_listens(server):
     """The closed door: nothing reaches Colmena's (pickled) queues without the password, and only from here."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    stranger = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
+    no_retry = Retry(NoBackoff(), 0)  # redis-py would retry a refusal with back-off for seconds; once tells
+    stranger = redis.Redis(host=server.host, port=server.port, socket_timeout=5, retry=no_retry)
     with pytest.raises(redis.AuthenticationError):
         stranger.rpush("molsteer-anything-requests", b"\x80\x04pickled payload")
     with pytest.raises(redis.AuthenticationError):
         stranger.keys("*")
-    wrong = redis.Redis(host=server.host, port=server.port, password="guess", socket_timeout=5)
+    wrong = redis.Redis(host=server.host, port=server.port, password="guess", socket_timeout=5, retry=no_retry)
     with pytest.raises(redis.AuthenticationError):
         wrong.ping()
     listening = {c.laddr.ip for c in psutil.Process(server.process.pid).net_connections(kind="inet")

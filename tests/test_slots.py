@@ -180,7 +180,7 @@ def test_allocator_against_busy_submitters_never_loses_or_invents_a_slot():
     threads.append(threading.Thread(target=allocator))
     for thread in threads:
         thread.start()
-    time.sleep(8)
+    time.sleep(3)
     done.set()
     for thread in threads:
         thread.join(timeout=10)

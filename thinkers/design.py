@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from queue import Empty, PriorityQueue
 from typing import Any
 
@@ -141,13 +141,6 @@ class DesignPlan:
     generator: str = "pool"
     rl_episodes: int = 10
     max_heavy_atoms: int = 9
-
-    @classmethod
-    def from_settings(cls, settings: Any, units: str) -> DesignPlan:
-        """Take every field of the same name from validated campaign settings (``configs.settings.models``)."""
-        names = {f.name for f in fields(cls)} - {"total_evaluations", "units"}
-        return cls(total_evaluations=settings.total_evaluations, units=units,
-                   **{name: getattr(settings, name) for name in names})
 
 
 class DesignThinker(SteeringThinker):
