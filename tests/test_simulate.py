@@ -165,3 +165,11 @@ def test_time_limit_stops_a_calculation_and_its_programs():
     assert child.wait(timeout=5) == -signal.SIGKILL  # killed by the limit, not left running
     with time_limit(5):  # a calculation inside the limit is untouched
         time.sleep(0.01)
+
+
+def test_the_written_out_hartree_is_qcelementals():
+    import qcelemental as qcel
+
+    from methods.simulate import HARTREE_TO_EV
+
+    assert HARTREE_TO_EV == qcel.constants.conversion_factor("hartree", "eV")
