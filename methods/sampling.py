@@ -35,7 +35,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.neighborlist import natural_cutoffs
 
-from methods.chem import MoleculeError, canonicalize
+from methods.chem import MoleculeError, canonicalize, embed
 from methods.data import atomic_save, cache_dir, load_qm9, qm9_row
 from methods.simulate import QCEngineCalculator, QCFailure, QCSpec
 
@@ -403,46 +403,150 @@ def _qm9_geometry(row: int) -> Atoms:
     return Atoms(symbols=symbols, positions=positions)
 
 
-def starting_structures(molecules: Sequence[str]) -> list[tuple[str, Atoms]]:
-    """QM9 molecules with QM9's B3LYP/6-31G(2df,p) geometry, by SMILES or by QM9 index.
+STRUCTURE_SUFFIXES = frozenset({".xyz", ".extxyz", ".pdb", ".cif", ".traj", ".sdf", ".mol", ".json", ".vasp",
+                                 ".gen", ".in", ".db"})
+"""File name endings taken as a structure file (read by ASE) even when the file is missing, so a typo in a path
+is reported as a missing file rather than as an invalid SMILES."""
+
+ORIGIN = "origin"
+"""Key in ``atoms.info`` saying where a starting structure came from: ``qm9``, ``smiles`` (an RDKit embedding,
+to be relaxed at the campaign's level of theory before anything else) or ``file``."""
+
+
+def _check_start(text: str, atoms: Atoms) -> None:
+    """A starting structure the potential can learn and the QC codes can compute as a closed-shell neutral."""
+    from methods.mlip import ELEMENTS  # the elements the potential has embeddings for
+
+    unknown = sorted(set(atoms.get_chemical_symbols()) - set(ELEMENTS))
+    if unknown:
+        raise ValueError(f"{text!r} contains {', '.join(unknown)}: the potential knows {', '.join(ELEMENTS)}")
+    if int(atoms.get_atomic_numbers().sum()) % 2:
+        raise ValueError(f"{text!r} has an odd number of electrons: the campaign computes closed-shell neutral "
+                         "molecules")
+
+
+def _read_structure(text: str) -> tuple[str, Atoms]:
+    """A structure file ASE reads (the first structure in it); its name is the file's stem."""
+    import ase.io
+
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{text!r}: no such structure file")
+    try:
+        atoms = ase.io.read(path, index=0)
+    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds; the message says which file and why
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(f"{text!r}: ASE cannot read it as a structure ({reason})") from None
+    if len(atoms) == 0:
+        raise ValueError(f"{text!r}: the file holds no atoms")
+    structure = Atoms(numbers=atoms.get_atomic_numbers(), positions=atoms.get_positions())
+    structure.info[ORIGIN] = "file"
+    return path.stem, structure
+
+
+def _qm9_start(text: str, seed: int) -> tuple[str, Atoms] | None:
+    """A QM9 index or a SMILES that is in QM9: QM9's B3LYP geometry. None for a valid SMILES outside QM9."""
+    qm9 = load_qm9()
+    if text.isdigit():
+        index = int(text)
+        row = int(np.searchsorted(qm9.index, index))
+        if not 1 <= index <= int(qm9.index[-1]):
+            raise ValueError(f"QM9 index {index} does not exist: QM9 indices run from 1 to {qm9.index[-1]}")
+        if row >= len(qm9) or qm9.index[row] != index:
+            raise ValueError(f"QM9 index {index} is one of the molecules QM9 marks as uncharacterized, which "
+                             "qm9pack leaves out; choose another")
+    else:
+        row = qm9_row(text)
+        if row is None:
+            return None
+    atoms = _qm9_geometry(row)
+    atoms.info[ORIGIN] = "qm9"
+    return str(qm9.smiles[row]), atoms
+
+
+def _one_start(text: str, seed: int) -> tuple[str, Atoms]:
+    """Name and structure of one ``--molecules`` entry: QM9 index or SMILES, structure file, or any SMILES."""
+    if not text:
+        raise ValueError("an empty entry is not a molecule")
+    if text.isdigit():
+        return _qm9_start(text, seed)
+    if "/" in text or Path(text).suffix.lower() in STRUCTURE_SUFFIXES or Path(text).expanduser().is_file():
+        return _read_structure(text)
+    try:
+        canonical = canonicalize(text)
+    except MoleculeError:
+        raise ValueError(f"{text!r} is neither a valid SMILES, a QM9 index nor a structure file") from None
+    found = _qm9_start(text, seed)
+    if found is not None:
+        return found
+    try:
+        structure = embed(canonical, seed=seed)
+    except MoleculeError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    atoms = Atoms(symbols=list(structure.symbols), positions=structure.positions)
+    atoms.info[ORIGIN] = "smiles"
+    return canonical, atoms
+
+
+def starting_structures(molecules: Sequence[str], seed: int = 0) -> list[tuple[str, Atoms]]:
+    """The campaign's starting molecules, each from a QM9 index, a SMILES, or a structure file.
+
+    * A QM9 index (all digits, QM9's own 1-based numbering: ``dsgdb9nsd_000001`` is ``"1"``) or a SMILES of a QM9
+      molecule: QM9's B3LYP/6-31G(2df,p) geometry, named by QM9's SMILES. This is the shortcut the default uses.
+    * Any other SMILES: embedded in 3-D by RDKit (ETKDG, then a force-field clean-up, seeded); ``atoms.info``
+      says ``origin: smiles``, and the campaign relaxes it at its own level of theory before anything else
+      (:func:`relax_starting_structure`). Named by its canonical SMILES.
+    * A structure file that ASE reads (xyz, extxyz, pdb, …; a path, or a name ending as one): its first
+      structure, as given. Named by the file's stem.
+
+    Every entry must be a closed-shell neutral molecule of the elements the potential knows.
 
     Args:
-        molecules: SMILES (any spelling RDKit can canonicalize) or QM9 indices as all-digit strings (QM9's own
-            1-based numbering, ``dsgdb9nsd_000001`` is ``"1"``).
+        molecules: The entries of ``--molecules``.
+        seed: Seed of the RDKit embeddings.
 
     Returns:
-        ``(name, atoms)`` per molecule, in order; ``name`` is the canonical SMILES.
+        ``(name, atoms)`` per molecule, in order.
 
     Raises:
-        ValueError: a molecule is not in QM9, an index does not exist, a SMILES is invalid, or a molecule is
-            given twice; one sentence saying which.
+        ValueError: one or more entries cannot be used; the message names each of them and why, in one line.
     """
-    qm9 = load_qm9()
     starts: list[tuple[str, Atoms]] = []
+    problems: list[str] = []
     for given in molecules:
         text = str(given).strip()
-        if text.isdigit():
-            index = int(text)
-            row = int(np.searchsorted(qm9.index, index))
-            if not 1 <= index <= int(qm9.index[-1]):
-                raise ValueError(f"QM9 index {index} does not exist: QM9 indices run from 1 to {qm9.index[-1]}")
-            if row >= len(qm9) or qm9.index[row] != index:
-                raise ValueError(f"QM9 index {index} is one of the molecules QM9 marks as uncharacterized, which "
-                                 "qm9pack leaves out; choose another")
-        else:
-            try:
-                canonical = canonicalize(text)
-            except MoleculeError:
-                raise ValueError(f"{text!r} is neither a valid SMILES nor a QM9 index") from None
-            row = qm9_row(text) if text else None
-            if row is None:
-                raise ValueError(f"{text!r} ({canonical or 'empty'}) is not in QM9: the forcefield campaign starts "
-                                 "from QM9's B3LYP geometries")
-        name = str(qm9.smiles[row])
+        try:
+            name, atoms = _one_start(text, seed)
+            _check_start(text, atoms)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
         if any(name == seen for seen, _ in starts):
-            raise ValueError(f"{text!r} is {name}, which is already in the list of molecules")
-        starts.append((name, _qm9_geometry(row)))
+            problems.append(f"{text!r} is {name}, which is already in the list of molecules")
+            continue
+        starts.append((name, atoms))
+    if problems:
+        raise ValueError("; ".join(problems))
     return starts
+
+
+def relax_starting_structure(atoms: Atoms, spec: QCSpec, task_config: dict[str, Any]) -> Atoms:
+    """The ``qc`` task that relaxes a starting structure embedded by RDKit at the campaign's level of theory.
+
+    MD, the initial displacements and the reference trajectories all start from this minimum, as they start
+    from QM9's B3LYP geometry for QM9 molecules.
+
+    Raises:
+        QCFailure: a step failed or the relaxation did not converge.
+    """
+    from methods.chem import Structure
+    from methods.simulate import relax
+
+    structure = Structure(tuple(atoms.get_chemical_symbols()), atoms.get_positions())
+    relaxed = relax(structure, 0, 1, spec, task_config)
+    result = Atoms(symbols=list(relaxed.structure.symbols), positions=relaxed.structure.positions)
+    result.info.update({ORIGIN: "smiles", "relaxed_steps": relaxed.steps, "relaxed_energy_hartree": relaxed.energy})
+    return result
 
 
 def displaced(atoms: Atoms, n: int, scale: float, seed: int) -> list[Atoms]:

@@ -22,6 +22,7 @@ SELECTION_RECORDS = "selection_records.jsonl"
 ALLOCATION_RECORDS = "allocation_records.jsonl"
 STABILITY_RECORDS = "stability_records.jsonl"
 REFERENCE_RECORDS = "reference_records.jsonl"
+STARTING_STRUCTURES = "starting_structures.extxyz"  # the forcefield's starts, as relaxed (a resume reuses them)
 TRAIN_DB = "train.db"  # the forcefield's training structures with QC energies and forces (ASE database)
 
 # Other files

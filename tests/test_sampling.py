@@ -336,11 +336,13 @@ def test_starting_structures_by_smiles_and_index(qm9):
 
 
 @pytest.mark.parametrize(("molecule_name", "message"), [
-    ("CS", "not in QM9"),
-    ("C1CC", "neither a valid SMILES nor a QM9 index"),
+    ("CS", "contains S: the potential knows H, C, N, O, F"),
+    ("[CH3]", "odd number of electrons"),
+    ("C1CC", "neither a valid SMILES, a QM9 index nor a structure file"),
     ("0", "does not exist"),
     ("999999", "does not exist"),
     ("58", "uncharacterized"),
+    ("missing/water.xyz", "no such structure file"),
 ])
 def test_bad_molecules_raise_a_clear_value_error(qm9, molecule_name, message):
     with pytest.raises(ValueError, match=message):
@@ -352,7 +354,63 @@ def test_a_molecule_given_twice_is_an_error(qm9):
         starting_structures(["C", "1"])
 
 
+def test_every_bad_entry_is_named_in_one_message(qm9):
+    with pytest.raises(ValueError) as error:
+        starting_structures(["C1CC", "O", "nope.xyz", "[CH3]"])
+    message = str(error.value)
+    assert "\n" not in message
+    for entry in ("'C1CC'", "'nope.xyz'", "'[CH3]'"):
+        assert entry in message
+    assert "'O'" not in message  # the good entry is not blamed
+
+
+def test_a_smiles_outside_qm9_is_embedded_for_relaxation(qm9):
+    """The issue's example: n-hexylbenzene (15 heavy atoms, so not in QM9) starts from an RDKit embedding."""
+    (name, atoms), = starting_structures(["C1=CC=CC=C1CCCCCC"], seed=3)
+    assert name == "CCCCCCc1ccccc1" and atoms.get_chemical_formula() == "C12H18"
+    assert atoms.info["origin"] == "smiles"  # the campaign relaxes it at its level of theory first
+    distances = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
+    assert distances.min() > 0.9  # a real 3-D structure, not atoms on top of each other
+    (_, again), = starting_structures(["CCCCCCc1ccccc1"], seed=3)
+    assert np.allclose(again.positions, atoms.positions)  # seeded: the same embedding every time
+    (_, qm9_start), = starting_structures(["CCO"])
+    assert qm9_start.info["origin"] == "qm9"  # QM9 molecules keep QM9's geometry
+
+
+def test_a_structure_file_is_read_as_given(qm9, tmp_path):
+    import ase.io
+
+    water = molecule("H2O")
+    water.positions += 1.5
+    path = tmp_path / "my water.xyz"
+    ase.io.write(path, water)
+    (name, atoms), = starting_structures([str(path)])
+    assert name == "my water" and atoms.info["origin"] == "file"
+    assert atoms.get_chemical_symbols() == water.get_chemical_symbols()
+    assert np.allclose(atoms.positions, water.positions, atol=1e-6)
+    garbage = tmp_path / "garbage.xyz"
+    garbage.write_text("this is not\nan xyz file\n")
+    with pytest.raises(ValueError, match="ASE cannot read it"):
+        starting_structures([str(garbage)])
+
+
 def test_frames_are_plain_atoms():
     start = molecule("H2O")
     result = _md(start, steps=10, sample_every=5)
     assert all(isinstance(f, Atoms) and not f.constraints for f in result.frames + [result.final])
+
+
+def test_an_embedding_is_relaxed_at_the_campaigns_level_of_theory(qm9):
+    """Real GFN2-xTB: the relaxed start has (nearly) no forces at that level, unlike the RDKit embedding."""
+    from methods.sampling import relax_starting_structure
+    from methods.simulate import QCSpec, compute_energy_forces
+
+    spec = QCSpec(code="xtb", method="GFN2-xTB")
+    (_, embedded), = starting_structures(["CCCCCCCCCC"], seed=1)  # decane: ten heavy atoms, not in QM9
+    relaxed = relax_starting_structure(embedded, spec, {})
+    before, after = compute_energy_forces([embedded, relaxed], spec, {})
+    assert before["success"] and after["success"]
+    largest = [float(np.abs(np.asarray(r["forces"])).max()) for r in (before, after)]
+    assert largest[1] < spec.fmax * 1.5 < largest[0]
+    assert after["energy"] < before["energy"]
+    assert relaxed.info["origin"] == "smiles" and relaxed.info["relaxed_steps"] > 0

@@ -316,8 +316,9 @@ class ForcefieldSettings(CommonSettings):
     )
     molecules: list[str] = Field(
         list(DEFAULT_FORCEFIELD_MOLECULES), min_length=1,
-        description="Starting molecules: QM9 SMILES or QM9 indices, with QM9's B3LYP geometries "
-        f"(default: {' '.join(DEFAULT_FORCEFIELD_MOLECULES)})",
+        description="Starting molecules: SMILES or QM9 indices (a QM9 molecule starts from QM9's B3LYP geometry, "
+        "any other SMILES from an RDKit embedding relaxed at the campaign's level of theory), or structure files "
+        f"that ASE reads (xyz, extxyz, pdb, ...) (default: {' '.join(DEFAULT_FORCEFIELD_MOLECULES)})",
     )
     qc_budget: Annotated[int, Field(gt=0)] = Field(
         400, description="QC calculations (energies and forces) in the whole campaign, initial ones included"
