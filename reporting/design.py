@@ -1,7 +1,7 @@
-"""Write ``report.md`` and its PNG plots for a run directory, from the records alone.
+"""The design campaign's ``report.md``: best value over evaluations, utilization, overhead, top molecules, failures.
 
-Works for any finished or killed run, so ``python scripts/report.py runs/<dir>`` can be re-run at any time;
-``run.py`` calls :func:`write_report` at the end of every campaign.
+Built from the records alone, so it works for any finished or killed run; :func:`reporting.report.write_report`
+calls it for design runs (at the end of every attempt, or from ``python scripts/report.py runs/<dir>``).
 """
 
 from __future__ import annotations
