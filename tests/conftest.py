@@ -69,3 +69,23 @@ def qm9():
     from methods.data import load_qm9
 
     return load_qm9()
+
+
+@pytest.fixture
+def run_py(tmp_path_factory):
+    """Start ``run.py`` in the background: ``run_py(*args, log=None, split_stderr=False, env=None)`` returns a
+    :class:`tests.runs.Run` (its own process group, every descendant remembered while it lives).
+
+    Whatever ends the test (a failed assertion, a wait that timed out, pytest-timeout), teardown ends every run
+    it started that is still alive: SIGTERM to the run's process group, then, after a grace period, SIGKILL to
+    the group and to every remembered descendant still there. A safety net only: tests check their runs' clean-up.
+    """
+    import warnings
+
+    from tests.runs import Runs
+
+    runs = Runs(tmp_path_factory.mktemp("run-py"))
+    yield runs.start
+    ended = runs.end_all()
+    if ended:
+        warnings.warn(f"run_py teardown ended what the test's runs left running: {', '.join(ended)}", stacklevel=1)
