@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from colmena.exceptions import TimeoutException
 from colmena.queue.base import ColmenaQueues
 
 from campaigns.contract import Assembly
+from campaigns.startup import next_result
 from configs.settings.models import SettingsError
 from configs.settings.search_space import load_search_space, skipped_summary
 from configs.sites.executors import ML_EXECUTOR, QC_EXECUTOR
@@ -46,12 +46,7 @@ def request_atom_energies(queues: ColmenaQueues, spec: Any, task_config: dict[st
         RuntimeError: the calculation failed; atomization energies cannot be computed without it.
     """
     queues.send_inputs(spec, task_config, method="compute_atom_energies", topic=QC_TOPIC)
-    while True:
-        try:
-            result = queues.get_result(topic=QC_TOPIC, timeout=1)
-            break
-        except TimeoutException:
-            continue
+    result = next_result(queues, QC_TOPIC)
     if not result.success:
         raise RuntimeError(f"reference atom energies failed: {failure_reason(result)}")
     return result.value

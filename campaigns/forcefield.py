@@ -12,10 +12,10 @@ import logging
 from typing import Any
 
 from ase import Atoms
-from colmena.exceptions import TimeoutException
 from colmena.queue.base import ColmenaQueues
 
 from campaigns.contract import Assembly
+from campaigns.startup import next_result
 from configs.settings.models import SettingsError
 from configs.sites.executors import ML_EXECUTOR, QC_EXECUTOR
 from store.names import STARTING_STRUCTURES
@@ -61,12 +61,7 @@ def relaxed_starts(queues: ColmenaQueues, run_dir: RunDirectory, starts: list[tu
                            task_info={"start": index})
     relaxed = dict(enumerate(atoms for _, atoms in starts))
     for _ in pending:
-        while True:
-            try:
-                result = queues.get_result(topic=FF_QC_TOPIC, timeout=1)
-                break
-            except TimeoutException:
-                continue
+        result = next_result(queues, FF_QC_TOPIC)
         index = result.task_info["start"]
         if not result.success:
             raise RuntimeError(f"relaxing {starts[index][0]} failed: {failure_reason(result)}")

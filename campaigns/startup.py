@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import psutil
+from colmena.exceptions import TimeoutException
+from colmena.models import Result
 
 from campaigns.cli import saved_parameters
 from configs.services.queues import AuthRedisQueues
@@ -83,6 +85,19 @@ WARM_UP_WAIT = 60.0
 """Longest wait (s) for warm QC workers once the data is loaded; batch queues may hold workers back for longer."""
 
 
+def next_result(queues: AuthRedisQueues, topic: str) -> Result:
+    """The next result on ``topic``, however long it takes (a set-up request the campaign cannot start without).
+
+    The wiring's supervision is not running yet; a lost task server or Redis ends the run through its own
+    errors, and Ctrl+C interrupts the wait.
+    """
+    while True:
+        try:
+            return queues.get_result(topic=topic, timeout=1)
+        except TimeoutException:
+            continue
+
+
 def wait_for_warm_workers(queues: AuthRedisQueues, n_workers: int, run_dir: RunDirectory, start: float) -> None:
     """Wait until every QC worker has run its warm-up task (or :data:`WARM_UP_WAIT` passed); record when.
 
@@ -90,8 +105,6 @@ def wait_for_warm_workers(queues: AuthRedisQueues, n_workers: int, run_dir: RunD
     idle time that could have been avoided; if workers are slow to come (a batch queue), the campaign starts
     anyway and the workers pick tasks up when they arrive.
     """
-    from colmena.exceptions import TimeoutException
-
     waited_from = time.monotonic()
     warm: list[dict[str, object]] = []
     while len(warm) < n_workers and time.monotonic() - waited_from < WARM_UP_WAIT:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from configs.services.lifeline import describe, is_alive
 from store.names import SIMULATION_RECORDS
 from store.rundir import read_jsonl
 
@@ -28,21 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TEARDOWN_GRACE = 10.0
 """Seconds a run has, after the SIGTERM of the fixture's teardown, before everything of it left is SIGKILLed."""
-
-
-def _alive(process: psutil.Process) -> bool:
-    """Still running (``is_running`` also checks the start time, so a reused pid does not count); not a zombie."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _describe(process: psutil.Process) -> str:
-    try:
-        return f"{process.name()} ({process.pid})"
-    except psutil.Error:
-        return f"pid {process.pid}"
 
 
 class Run:
@@ -87,7 +73,7 @@ class Run:
             root = psutil.Process(self.process.pid)
         except psutil.Error:
             return
-        while not self._stop.is_set() and _alive(root):
+        while not self._stop.is_set() and is_alive(root):
             self._remember(root)
             self._stop.wait(0.1)
 
@@ -129,7 +115,7 @@ class Run:
 
     def alive(self) -> list[psutil.Process]:
         """The remembered processes of the run (run.py not included) that still run."""
-        return [p for p in list(self.seen.values()) if _alive(p)]
+        return [p for p in list(self.seen.values()) if is_alive(p)]
 
     def survivors(self, within: float = 60.0) -> list[str]:
         """Processes of this run still alive after ``within`` seconds (polling; empty is the only good answer)."""
@@ -168,7 +154,7 @@ class Run:
         if self.process.poll() is None:  # what it started since the watcher's last look
             with contextlib.suppress(psutil.Error):
                 self._remember(psutil.Process(self.process.pid))
-        left = [_describe(p) for p in self.alive()]
+        left = [describe(p) for p in self.alive()]
         if self.process.poll() is None:
             left.insert(0, f"run.py ({self.process.pid})")
         if not left:

@@ -121,7 +121,7 @@ def become_subreaper() -> None:
         ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def _running(process: psutil.Process) -> bool:
+def is_alive(process: psutil.Process) -> bool:
     """Alive and not a zombie (an exited process whose parent has not collected it is gone for our purposes)."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -149,10 +149,10 @@ def stop_descendants(keep: set[int] = frozenset(), grace: float = 10.0, settle: 
     deadline = time.monotonic() + settle
     while processes and time.monotonic() < deadline:
         _reap_children()
-        processes = [p for p in processes if _running(p)]
+        processes = [p for p in processes if is_alive(p)]
         if processes:
             time.sleep(0.05)
-    stopped = stop_processes([p for p in processes if _running(p)], grace)
+    stopped = stop_processes([p for p in processes if is_alive(p)], grace)
     _reap_children()
     return stopped
 
@@ -217,12 +217,7 @@ def remember_descendants(root: psutil.Process, seen: dict[tuple[int, float], psu
 
 def still_running(seen: dict[tuple[int, float], psutil.Process]) -> list[psutil.Process]:
     """The remembered processes that still run (``is_running`` checks the start time too); zombies excluded."""
-    running = []
-    for process in seen.values():
-        with contextlib.suppress(psutil.Error):
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                running.append(process)
-    return running
+    return [process for process in seen.values() if is_alive(process)]
 
 
 def _watch(parent: int, run_path: Path, attempt: int, period: float = 0.5) -> int:
